@@ -1,0 +1,67 @@
+"""Supervised augmentation policies (torchvision ``transforms.v2``) for uint8 image tensors ``(C, H, W)``.
+
+A policy is a per-sample transform (applied in the data loader) plus an optional batch transform (MixUp /
+CutMix, applied to the whole batch in the training step). Flips are only used when the dataset says they
+preserve labels (fine for clothing, wrong for digits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from fewlabel.errors import FewlabelError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
+POLICIES = ("none", "standard", "autoaugment", "randaugment", "mixup", "cutmix")
+
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class AugmentationPolicy:
+    name: str
+    sample_transform: Callable[[torch.Tensor], torch.Tensor] | None
+    batch_transform: BatchTransform | None
+
+    def describe(self) -> str:
+        parts = [repr(self.sample_transform) if self.sample_transform else "identity"]
+        if self.batch_transform is not None:
+            parts.append(repr(self.batch_transform))
+        return " + ".join(parts)
+
+
+def standard_transform(size: tuple[int, int], flip: bool) -> v2.Transform:
+    """Random crop with 1/8 padding (the CIFAR recipe, scaled to the image size) and optional flips."""
+    from torchvision.transforms import v2
+
+    padding = max(1, round(min(size) / 8))
+    steps: list[v2.Transform] = [v2.RandomCrop(size, padding=padding, padding_mode="reflect")]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+def build_policy(name: str, image_size: tuple[int, int], num_classes: int, flip: bool = True) -> AugmentationPolicy:
+    """Build one of ``POLICIES`` for images of ``image_size`` (H, W)."""
+    if name not in POLICIES:
+        raise FewlabelError(f"unknown augmentation policy '{name}'; choose one of {', '.join(POLICIES)}")
+    if name == "none":
+        return AugmentationPolicy(name, None, None)
+    from torchvision.transforms import v2  # imported here: it costs seconds, and `--help` should not pay it
+
+    base = standard_transform(image_size, flip)
+    if name == "standard":
+        return AugmentationPolicy(name, base, None)
+    if name == "autoaugment":
+        return AugmentationPolicy(name, v2.Compose([base, v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]), None)
+    if name == "randaugment":
+        return AugmentationPolicy(name, v2.Compose([base, v2.RandAugment(num_ops=2, magnitude=9)]), None)
+    if name == "mixup":
+        return AugmentationPolicy(name, base, v2.MixUp(alpha=0.2, num_classes=num_classes))
+    return AugmentationPolicy(name, base, v2.CutMix(alpha=1.0, num_classes=num_classes))

@@ -1,0 +1,196 @@
+"""The ``fewlabel`` command. Thin: every subcommand parses flags into a typed config and calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import warnings
+from collections.abc import Sequence
+
+from fewlabel.errors import FewlabelError
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="digits", help="registered dataset name or a path (image folder, .npz)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding named datasets (default: $FEWLABEL_DATA, then known local copies)")
+    parser.add_argument("--labels", default="1.0",
+                        help="labelled share of the training pool: 0.01, 0.1, 1.0, 10%% or 10/class (default 1.0)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
+    parser.add_argument("--split", default=None, help="reuse the exact split of an earlier run (its folder)")
+    parser.add_argument("--full-validation", action="store_true",
+                        help="validate on the whole validation split instead of one scaled to the label budget")
+
+
+def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=None, help="epochs (default: from data size, >= 1500 steps)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch size (default: from data size, <= 256)")
+    parser.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap for training")
+    parser.add_argument("--workers", type=int, default=None, help="data-loader worker processes")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (Lightning)")
+    parser.add_argument("--devices", default="auto", help="number of devices, or auto (DDP when > 1)")
+    parser.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP")
+    parser.add_argument("--precision", default=None, help="Lightning precision (default: bf16-mixed on GPU, 32 on CPU)")
+    parser.add_argument("--out", default=None, help="run folder (default: runs/<descriptive name>)")
+    parser.add_argument("--runs-dir", default="runs", help="parent of automatically named run folders")
+
+
+def _add_optim_flags(parser: argparse.ArgumentParser, lr: float, optimizer: str, weight_decay: float) -> None:
+    parser.add_argument("--optimizer", default=optimizer, help=f"timm optimiser name (default {optimizer})")
+    parser.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default {lr})")
+    parser.add_argument("--weight-decay", type=float, default=weight_decay, help="weight decay")
+    parser.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing for the loss")
+
+
+def _budget(args: argparse.Namespace):
+    from fewlabel.engine.fit import Budget
+
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--workers", args.workers)):
+        if value is not None and value < (0 if flag == "--workers" else 1):
+            raise FewlabelError(f"{flag} {value} is impossible; give a positive number")
+    devices = args.devices if args.devices == "auto" else _positive_int(args.devices, "--devices")
+    return Budget(epochs=args.epochs, batch_size=args.batch_size, patience=args.patience,
+                  max_minutes=args.max_minutes, workers=args.workers, accelerator=args.accelerator,
+                  devices=devices, num_nodes=args.num_nodes, precision=args.precision)
+
+
+def _positive_int(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise FewlabelError(f"{flag} {text!r} is not a whole number") from None
+    if value < 1:
+        raise FewlabelError(f"{flag} {value} is impossible; give a positive number")
+    return value
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fewlabel.approaches.supervised import SupervisedConfig, train_supervised
+    from fewlabel.engine.classification import OptimConfig
+
+    if args.lr <= 0:
+        raise FewlabelError(f"--lr {args.lr} is impossible; give a positive learning rate")
+    config = SupervisedConfig(
+        data=args.data, data_dir=args.data_dir, labels=args.labels, augment=args.augment, backbone=args.backbone,
+        width=args.width, seed=args.seed, split=args.split, full_validation=args.full_validation,
+        optim=OptimConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                          label_smoothing=args.label_smoothing),
+        budget=_budget(args), out=args.out, runs_dir=args.runs_dir,
+    )
+    result = train_supervised(config)
+    m = result.metrics
+    print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+          f"({m['split']['labelled']} labelled, {m['train_seconds']:.1f} s)  run: {result.run_dir}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Until `compare` lands, the demo is a real supervised run on the embedded digits at 10% labels."""
+    from fewlabel.approaches.supervised import SupervisedConfig, train_supervised
+
+    config = SupervisedConfig(data="digits", labels="0.1", augment="randaugment", out=args.out,
+                              runs_dir=args.runs_dir, seed=args.seed)
+    print("fewlabel demo: supervised training from scratch on the embedded digits, 10% labels, RandAugment")
+    result = train_supervised(config)
+    m = result.metrics
+    print(f"test accuracy {m['test_accuracy']:.4f} with {m['split']['labelled']} labelled images "
+          f"in {m['train_seconds']:.1f} s; results in {result.run_dir}/metrics.json")
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from fewlabel.data.registry import load_dataset, registered_datasets
+
+    rows = []
+    for entry in registered_datasets():
+        try:
+            ds = load_dataset(entry.name, args.data_dir)
+            rows.append((entry.name, f"{len(ds)}", f"{ds.num_classes}", ds.source))
+        except FewlabelError as exc:
+            rows.append((entry.name, "-", "-", f"not found: {exc}"))
+    widths = [max(len(r[i]) for r in [*rows, ("name", "samples", "classes", "")]) for i in range(3)]
+    print(f"{'name':<{widths[0]}}  {'samples':>{widths[1]}}  {'classes':>{widths[2]}}  found at")
+    for name, size, classes, where in rows:
+        print(f"{name:<{widths[0]}}  {size:>{widths[1]}}  {classes:>{widths[2]}}  {where}")
+    return 0
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from fewlabel.models.backbones import registered_backbones
+
+    for name, description in registered_backbones().items():
+        print(f"{name:<16} {description}")
+    print("any timm model name (e.g. resnet18, efficientnet_b0) also works, trained from scratch")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fewlabel import __version__
+    from fewlabel.augment.supervised import POLICIES
+
+    parser = argparse.ArgumentParser(prog="fewlabel", description="Learn well when labels are scarce.")
+    parser.add_argument("--version", action="version", version=f"fewlabel {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    demo = sub.add_parser("demo", help="run the built-in demonstration on embedded data")
+    demo.add_argument("--out", default=None, help="run folder")
+    demo.add_argument("--runs-dir", default="runs", help="parent of the run folder")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+
+    datasets = sub.add_parser("datasets", help="list registered datasets, where each was found, sizes")
+    datasets.add_argument("--data-dir", default=None, help="folder holding named datasets")
+    datasets.set_defaults(func=cmd_datasets)
+
+    backbones = sub.add_parser("backbones", help="list registered backbones")
+    backbones.set_defaults(func=cmd_backbones)
+
+    train = sub.add_parser("train", help="supervised training from scratch with an augmentation policy")
+    _add_data_flags(train)
+    train.add_argument("--augment", default="standard", choices=POLICIES, help="augmentation policy")
+    train.add_argument("--backbone", default="resnet_small", help="backbone name (see `fewlabel backbones`)")
+    train.add_argument("--width", type=int, default=None, help="width of small-image backbones")
+    _add_optim_flags(train, lr=0.05, optimizer="sgd", weight_decay=5e-4)
+    _add_budget_flags(train)
+    train.set_defaults(func=cmd_train)
+    return parser
+
+
+def _configure_logging(quiet: bool, quiet_lightning: bool = True) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("fewlabel")
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)  # run folders always get the full log; -q only quiets the console
+    logger.propagate = False
+    if not quiet_lightning:
+        return
+    # Lightning configures its loggers when imported, so import it before quieting its start-up chatter
+    # (accelerator banners, tips); its warnings still show.
+    import lightning.pytorch  # noqa: F401
+
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.quiet, quiet_lightning=args.command != "backbones")
+    try:
+        return args.func(args)
+    except FewlabelError as exc:
+        print(f"fewlabel: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewlabel: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The one dataset type every part of fewlabel consumes.
+
+A dataset is a set of samples with optional labels (``-1`` = unlabelled), optional groups (samples of one
+group never straddle train and test, e.g. reviews of one movie) and a modality. Images are kept in memory as
+one ``uint8`` tensor ``(N, C, H, W)``: small-data work fits in memory and this keeps augmentation fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+Modality = Literal["image", "text"]
+UNLABELLED = -1
+
+
+@dataclass
+class Dataset:
+    """Samples + labels (+ groups) of one modality.
+
+    ``official_test`` marks samples of an upstream test set (e.g. Fashion-MNIST's 10k); when it is absent a
+    stratified test split is drawn by :func:`fewlabel.data.splits.make_split`.
+    """
+
+    name: str
+    modality: Modality
+    samples: Any
+    labels: np.ndarray
+    classes: list[str]
+    source: str = ""
+    groups: np.ndarray | None = None
+    official_test: np.ndarray | None = None
+    flip_invariant: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.labels) != len(self):
+            raise ValueError(f"{self.name}: {len(self)} samples but {len(self.labels)} labels")
+        if self.official_test is not None:
+            self.official_test = np.asarray(self.official_test, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of an image dataset."""
+        if self.modality != "image":
+            raise ValueError(f"{self.name} is a {self.modality} dataset, not an image dataset")
+        return tuple(self.samples.shape[1:])  # type: ignore[return-value]
+
+    def fingerprint(self) -> str:
+        """A short hash of what identifies the data: name, size and labels (used to validate saved splits)."""
+        digest = hashlib.sha256()
+        digest.update(f"{self.name}|{len(self)}|{self.modality}".encode())
+        digest.update(np.ascontiguousarray(self.labels).tobytes())
+        if self.modality == "image" and isinstance(self.samples, torch.Tensor):
+            # A strided sample of pixels catches a different image set of the same labels, cheaply.
+            flat = self.samples.reshape(len(self), -1)
+            digest.update(flat[:: max(1, len(self) // 512), ::7].contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def class_counts(self) -> dict[str, int]:
+        labelled = self.labels[self.labels != UNLABELLED]
+        counts = np.bincount(labelled, minlength=self.num_classes)
+        return {name: int(c) for name, c in zip(self.classes, counts, strict=True)}
+
+    def summary(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "name": self.name,
+            "modality": self.modality,
+            "samples": len(self),
+            "labelled": int((self.labels != UNLABELLED).sum()),
+            "classes": self.num_classes,
+            "source": self.source,
+        }
+        if self.modality == "image":
+            info["shape"] = list(self.image_shape)
+        if self.official_test is not None:
+            info["official_test"] = int(self.official_test.sum())
+        return info

@@ -1,0 +1,57 @@
+"""Named datasets and ``load_dataset``: a registered name, or a path in a generic format.
+
+Adding a dataset is one loader function plus one ``register_dataset`` line.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from fewlabel.data.dataset import Dataset
+from fewlabel.data.images import load_digits_dataset, load_fashion_mnist, load_image_folder, load_npz
+from fewlabel.errors import FewlabelError
+
+Loader = Callable[[str | None], Dataset]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    name: str
+    loader: Loader
+    description: str
+
+
+_REGISTRY: dict[str, DatasetEntry] = {}
+
+
+def register_dataset(name: str, loader: Loader, description: str) -> None:
+    _REGISTRY[name] = DatasetEntry(name, loader, description)
+
+
+def registered_datasets() -> list[DatasetEntry]:
+    return list(_REGISTRY.values())
+
+
+register_dataset("digits", load_digits_dataset, "8x8 handwritten digits from scikit-learn (embedded, 1,797 images)")
+register_dataset("fashion-mnist", load_fashion_mnist, "Fashion-MNIST, 28x28 grey clothing, 60k train + 10k test")
+
+
+def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None) -> Dataset:
+    """Load a registered dataset by name, or a dataset by path (image folder or ``.npz``)."""
+    key = str(name_or_path)
+    if key in _REGISTRY:
+        return _REGISTRY[key].loader(data_dir)
+    path = Path(key).expanduser()
+    if path.is_dir():
+        return load_image_folder(path)
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return load_npz(path)
+        raise FewlabelError(f"{path}: unsupported file type '{path.suffix}'; use an image folder or an .npz file")
+    names = ", ".join(sorted(_REGISTRY))
+    raise FewlabelError(
+        f"dataset '{key}' is neither a registered name ({names}) nor an existing path; check the spelling or path"
+    )

@@ -1,0 +1,124 @@
+"""The one Lightning module for supervised and downstream training of any ``Classifier``.
+
+It knows nothing of where the model came from (scratch, pretrained, self-supervised export) or which layers
+train: callers pass parameter groups (see ``fewlabel.transfer``) and an optional batch transform (MixUp).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from fewlabel.augment.supervised import BatchTransform
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule: timm optimiser name, peak learning rate, warm-up share, cosine decay."""
+
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_fraction: float = 0.05
+    min_lr_ratio: float = 0.01
+    label_smoothing: float = 0.0
+
+
+class ClassificationModule(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        num_classes: int,
+        optim: OptimConfig,
+        batch_transform: BatchTransform | None = None,
+        param_groups: list[dict[str, Any]] | None = None,
+        frozen_eval_modules: list[nn.Module] | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.num_classes = num_classes
+        self.optim = optim
+        self.batch_transform = batch_transform
+        self.param_groups = param_groups
+        self.frozen_eval_modules = frozen_eval_modules or []
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.samples_seen = 0
+        self.test_results: dict[str, Any] = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def on_train_epoch_start(self) -> None:
+        # Frozen BatchNorm layers (partial freezing, feature extraction) keep their pretrained statistics.
+        for module in self.frozen_eval_modules:
+            module.eval()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        if self.batch_transform is not None:
+            x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+            x, y = self.batch_transform(x, y)
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.optim.label_smoothing)
+        self.samples_seen += x.shape[0]
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.val_acc.update(logits, y)
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0], sync_dist=True)
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self.test_acc.update(logits, y)
+        self.test_f1.update(logits, y)
+        self.test_per_class.update(logits, y)
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = {
+            "test_accuracy": float(self.test_acc.compute()),
+            "macro_f1": float(self.test_f1.compute()),
+            "per_class_accuracy": [float(v) for v in self.test_per_class.compute()],
+        }
+        self.log("test_acc", self.test_results["test_accuracy"])
+        for metric in (self.test_acc, self.test_f1, self.test_per_class):
+            metric.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        params = self.param_groups if self.param_groups is not None else self.model
+        optimizer = create_optimizer_v2(
+            params,
+            opt=self.optim.optimizer,
+            lr=self.optim.lr,
+            weight_decay=self.optim.weight_decay,
+            **({"momentum": self.optim.momentum} if self.optim.optimizer in ("sgd", "nesterov", "lars") else {}),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=total,
+            lr_min=self.optim.lr * self.optim.min_lr_ratio,
+            warmup_t=int(total * self.optim.warmup_fraction),
+            warmup_lr_init=self.optim.lr * 0.01,
+            t_in_epochs=False,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: CosineLRScheduler, metric: Any) -> None:
+        scheduler.step_update(num_updates=self.global_step)

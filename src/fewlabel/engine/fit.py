@@ -1,0 +1,134 @@
+"""Fit any classifier on a labelled subset and measure it on the test split: the shared training recipe."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import lightning as L
+from safetensors.torch import save_file
+from torch import nn
+
+from fewlabel.augment.supervised import AugmentationPolicy
+from fewlabel.data.dataset import Dataset
+from fewlabel.data.splits import LabelRequest, LabelSplit
+from fewlabel.engine.classification import ClassificationModule, OptimConfig
+from fewlabel.engine.data import IndexedSamples, auto_batch_size, default_workers, make_loader
+from fewlabel.engine.run import LOGGER_NAME, RunFolder
+from fewlabel.engine.trainer import build_trainer
+
+log = logging.getLogger(LOGGER_NAME)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much training a run gets, and on what hardware. ``None`` means 'choose from the data size'."""
+
+    epochs: int | None = None
+    target_steps: int = 1500
+    min_epochs: int = 15
+    max_epochs: int = 300
+    batch_size: int | None = None
+    patience: int | None = None
+    max_minutes: float | None = None
+    workers: int | None = None
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+    num_nodes: int = 1
+    precision: str | None = None
+    progress: bool | None = None
+
+    def resolve_epochs(self, steps_per_epoch: int) -> int:
+        """Explicit epochs, or enough epochs for ``target_steps`` optimiser steps within [min, max] epochs."""
+        if self.epochs is not None:
+            return self.epochs
+        wanted = math.ceil(self.target_steps / max(1, steps_per_epoch))
+        return int(min(self.max_epochs, max(self.min_epochs, wanted)))
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+def fit_classifier(
+    model: nn.Module,
+    dataset: Dataset,
+    split: LabelSplit,
+    request: LabelRequest,
+    policy: AugmentationPolicy,
+    optim: OptimConfig,
+    budget: Budget,
+    run: RunFolder,
+    seed: int,
+    param_groups: list[dict[str, Any]] | None = None,
+    frozen_eval_modules: list[nn.Module] | None = None,
+    full_validation: bool = False,
+    model_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on the labelled subset of ``split``, keep the best validation epoch, test it.
+
+    Returns the metrics (also written to ``run/metrics.json``) and saves ``model.safetensors``.
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+    labels = dataset.labels
+    train_idx = split.labelled(request, labels)
+    val_idx = split.validation(None if full_validation else request, labels)
+    test_idx = split.test
+    batch_size = budget.batch_size or auto_batch_size(len(train_idx))
+    workers = budget.workers if budget.workers is not None else default_workers(policy.sample_transform is not None)
+    steps_per_epoch = max(1, len(train_idx) // batch_size)
+    epochs = budget.resolve_epochs(steps_per_epoch)
+    patience = budget.patience if budget.patience is not None else max(5, epochs // 4)
+
+    train_loader = make_loader(IndexedSamples(dataset.samples, train_idx, labels, policy.sample_transform),
+                               batch_size, shuffle=True, workers=workers, drop_last=True)
+    eval_batch = max(batch_size, 512)
+    val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, labels), eval_batch, False, 0)
+    test_loader = make_loader(IndexedSamples(dataset.samples, test_idx, labels), eval_batch, False, 0)
+
+    module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
+                                  frozen_eval_modules)
+    trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=patience,
+                            accelerator=budget.accelerator, devices=budget.devices, num_nodes=budget.num_nodes,
+                            precision=budget.precision, max_minutes=budget.max_minutes, progress=budget.progress)
+    sizes = {"labelled": len(train_idx), "unlabelled": len(split.unlabelled(request, labels)),
+             "val": len(val_idx), "test": len(test_idx)}
+    log.info("training on %d labelled examples (%s), batch %d, up to %d epochs, %d workers",
+             len(train_idx), request, batch_size, epochs, workers)
+    started = time.perf_counter()
+    trainer.fit(module, train_loader, val_loader)
+    train_seconds = time.perf_counter() - started
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+    trainer.test(module, test_loader, ckpt_path=best or None, verbose=False)
+    results = module.test_results
+    epochs_run = trainer.current_epoch
+
+    metrics: dict[str, Any] = {
+        "test_accuracy": results["test_accuracy"],
+        "macro_f1": results["macro_f1"],
+        "per_class_accuracy": dict(zip(dataset.classes, results["per_class_accuracy"], strict=True)),
+        "best_val_accuracy": float(best_score) if best_score is not None else None,
+        "train_seconds": round(train_seconds, 3),
+        "samples_per_second": round(module.samples_seen / train_seconds, 1) if train_seconds > 0 else None,
+        "epochs_run": epochs_run,
+        "epochs_planned": epochs,
+        "batch_size": batch_size,
+        "parameters": count_parameters(model),
+        "split": {"seed": split.seed, "labels": str(request), **sizes},
+        "optim": asdict(optim),
+        "device": str(trainer.strategy.root_device),
+    }
+    if trainer.is_global_zero:
+        save_file({k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()},
+                  str(run.path / "model.safetensors"))
+        (run.path / "model.json").write_text(json.dumps({"classes": dataset.classes, **(model_meta or {})}, indent=2))
+        run.write_metrics(metrics)
+    return metrics
+
