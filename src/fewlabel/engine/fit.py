@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import lightning as L
+import torch
 from safetensors.torch import save_file
 from torch import nn
 
@@ -92,6 +93,7 @@ def fit_classifier(
     val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, labels), eval_batch, False, 0)
     test_loader = make_loader(IndexedSamples(dataset.samples, test_idx, labels), eval_batch, False, 0)
 
+    model = model.to(memory_format=torch.channels_last)
     module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
                                   frozen_eval_modules)
     trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=patience,

@@ -162,7 +162,8 @@ class InputAdapter(nn.Module):
             x = x.expand(-1, self.channels, -1, -1) if x.shape[1] == 1 else x.mean(dim=1, keepdim=True)
         if self.size is not None and tuple(x.shape[-2:]) != tuple(self.size):
             x = nn.functional.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
-        return (x - self.mean) / self.std
+        # channels-last runs convolutions ~1.5x faster on CPU (oneDNN) and on GPU tensor cores.
+        return ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
 
 
 class Classifier(nn.Module):
