@@ -29,7 +29,7 @@ def test_train_writes_a_complete_run_folder(tmp_path: Path, capsys: pytest.Captu
     assert code == 0
     assert "test accuracy" in stdout
     for name in ("config.yaml", "metrics.json", "split.npz", "model.safetensors", "model.json",
-                 "logs/train.log", "logs/metrics.csv"):
+                 "logs/train.log", "logs/csv/metrics.csv"):
         assert (out / name).is_file(), name
     assert list((out / "checkpoints").glob("best-*.ckpt"))
     metrics = json.loads((out / "metrics.json").read_text())

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 from fewlabel.errors import FewlabelError
 
@@ -126,6 +129,58 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from fewlabel.approaches.selfsupervised import PretrainConfig, load_pretrain_config, pretrain
+
+    if args.resume:
+        config = load_pretrain_config(args.resume)
+        if args.epochs is not None:
+            config = dataclasses.replace(config, epochs=args.epochs)
+        result = pretrain(config, resume=args.resume)
+    else:
+        options = _parse_options(args.option)
+        config = PretrainConfig(method=args.method, data=args.data, data_dir=args.data_dir, backbone=args.backbone,
+                                width=args.width, seed=args.seed, split=args.split, epochs=args.epochs or 10,
+                                batch_size=args.batch_size, views=args.views, local_crops=args.local_crops,
+                                method_options=options,
+                                budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
+        result = pretrain(config)
+    m = result.metrics
+    knn = f", monitor kNN {m['monitor'][-1]['knn_accuracy']:.4f}" if m["monitor"] else ""
+    print(f"pretrained {m['method']} for {m['epochs']} epochs in {m['pretrain_seconds']:.1f} s "
+          f"({m['samples_per_second']:.0f} samples/s{knn}); backbone: {result.run_dir}/export")
+    for warning in m["warnings"]:
+        print(f"warning: {warning}")
+    return 0
+
+
+def _parse_options(pairs: list[str]) -> dict[str, object]:
+    """``--option key=value`` pairs, values parsed as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    options: dict[str, object] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise FewlabelError(f"--option {pair!r}: write it as key=value, e.g. --option temperature=0.2")
+        options[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return options
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fewlabel.approaches.selfsupervised import EvaluateConfig, evaluate_backbone
+
+    config = EvaluateConfig(backbone=args.backbone, protocol=args.protocol, labels=args.labels, data=args.data,
+                            data_dir=args.data_dir, seed=args.seed, k=args.k, temperature=args.temperature,
+                            budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
+    result = evaluate_backbone(config)
+    print(f"{result['protocol']} test accuracy {result['test_accuracy']:.4f} "
+          f"({result['labelled']} labelled, {result['test']} test, {result['seconds']:.1f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fewlabel import __version__
     from fewlabel.augment.supervised import POLICIES
@@ -156,6 +211,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_optim_flags(train, lr=0.05, optimizer="sgd", weight_decay=5e-4)
     _add_budget_flags(train)
     train.set_defaults(func=cmd_train)
+
+    from fewlabel.methods.registry import METHODS
+
+    pre = sub.add_parser("pretrain", help="self-supervised pretraining on the unlabelled pool, then export")
+    pre.add_argument("--method", default="simclr", choices=list(METHODS), help="self-supervised method")
+    pre.add_argument("--data", default="digits", help="registered dataset name or a path")
+    pre.add_argument("--data-dir", default=None, help="folder holding named datasets")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--split", default=None, help="reuse the split of an earlier run")
+    pre.add_argument("--backbone", default="resnet_small")
+    pre.add_argument("--width", type=int, default=None)
+    pre.add_argument("--views", default="auto", choices=["auto", "batched", "per-sample"],
+                     help="batched tensor augmentation (fast) or per-sample torchvision views")
+    pre.add_argument("--local-crops", type=int, default=6, help="multi-crop (dino): local crops per image")
+    pre.add_argument("--option", action="append", metavar="KEY=VALUE",
+                     help="method hyper-parameter, e.g. --option temperature=0.2 (repeatable)")
+    pre.add_argument("--resume", default=None, help="continue a pretraining run folder from its last checkpoint")
+    _add_budget_flags(pre)
+    pre.set_defaults(func=cmd_pretrain)
+
+    ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tune of an exported backbone")
+    ev.add_argument("--backbone", required=True, help="a pretraining run folder (or its export/)")
+    ev.add_argument("--protocol", default="knn", choices=["knn", "linear", "finetune"])
+    ev.add_argument("--labels", default="1.0", help="labelled share: 0.01, 0.1, 1.0 or N/class")
+    ev.add_argument("--data", default=None, help="dataset (default: the one the backbone was pretrained on)")
+    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--seed", type=int, default=None, help="split seed (default: the pretraining run's split)")
+    ev.add_argument("--k", type=int, default=200, help="neighbours for kNN")
+    ev.add_argument("--temperature", type=float, default=0.1, help="kNN temperature")
+    ev.add_argument("--json", default=None, help="also write the result to this JSON file")
+    _add_budget_flags(ev)
+    ev.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -5,7 +5,7 @@ Layout::
     <run>/config.yaml    the full, resolved configuration (+ versions)
     <run>/split.npz      the exact split, reusable by any later run (``--split <run>``)
     <run>/metrics.json   headline and detailed metrics (written atomically, last)
-    <run>/logs/          train.log (human) and metrics.csv (per step/epoch, Lightning CSVLogger)
+    <run>/logs/          train.log (human) and csv/metrics.csv (per step/epoch, Lightning CSVLogger)
     <run>/checkpoints/   Lightning checkpoints (best by validation accuracy)
     <run>/model.safetensors + model.json   the trained weights and what is needed to rebuild them
 """

@@ -77,7 +77,7 @@ def build_trainer(
         devices=devices,
         num_nodes=num_nodes,
         precision=precision or auto_precision(),
-        logger=CSVLogger(save_dir=run.path, name="logs", version=""),
+        logger=CSVLogger(save_dir=run.logs, name="", version="csv"),
         callbacks=callbacks,
         enable_progress_bar=progress,
         enable_model_summary=False,

@@ -1,0 +1,280 @@
+"""Self-supervised pretraining on the unlabelled pool, then evaluation of the exported backbone.
+
+``pretrain`` never reads the labels of the pretraining pool: it hands the trainer the pool's image indices
+only. A small labelled slice of the *validation* split feeds the online kNN monitor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import yaml
+
+from fewlabel.approaches.supervised import RunResult, prepare_split
+from fewlabel.augment.views import BatchedTwoViewAugment, MultiCropTransform, TwoViewTransform
+from fewlabel.data.dataset import Dataset
+from fewlabel.data.registry import load_dataset
+from fewlabel.data.splits import LabelRequest, LabelSplit
+from fewlabel.engine.classification import OptimConfig
+from fewlabel.engine.data import IndexedSamples, default_workers, make_loader
+from fewlabel.engine.fit import Budget
+from fewlabel.engine.pretraining import PretrainModule, RepresentationMonitor
+from fewlabel.engine.run import LOGGER_NAME, RunFolder
+from fewlabel.engine.trainer import build_trainer
+from fewlabel.errors import FewlabelError
+from fewlabel.evaluate.features import extract_features
+from fewlabel.evaluate.probes import accuracy, knn_predict, linear_probe, representation_health
+from fewlabel.methods.registry import METHODS, create_method
+from fewlabel.models.backbones import BackboneSpec, create_backbone
+from fewlabel.models.export import load_backbone, save_backbone
+
+log = logging.getLogger(LOGGER_NAME)
+
+# Per-method optimiser defaults that train stably at small batch sizes on small images.
+METHOD_OPTIM = {
+    "simclr": OptimConfig(optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_fraction=0.05),
+    "moco": OptimConfig(optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_fraction=0.05),
+    "byol": OptimConfig(optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_fraction=0.05),
+    "dino": OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=0.04, warmup_fraction=0.1),
+}
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    method: str = "simclr"
+    data: str = "digits"
+    data_dir: str | None = None
+    backbone: str = "resnet_small"
+    width: int | None = None
+    seed: int = 0
+    split: str | None = None
+    epochs: int = 10
+    batch_size: int | None = None
+    views: str = "auto"  # auto | batched | per-sample
+    local_crops: int = 6  # multi-crop (DINO): small crops per image besides the two global ones
+    method_options: dict[str, Any] = field(default_factory=dict)
+    optim: OptimConfig | None = None
+    budget: Budget = field(default_factory=Budget)
+    monitor_per_class: int = 20
+    out: str | None = None
+    runs_dir: str = "runs"
+
+
+def _view_generator(method_views: str, mode: str, channels: int, size: int, mean, std, flip: bool,
+                    local_crops: int = 6):
+    """(per-sample transform for the loader, batched module for the device); exactly one is not None."""
+    if method_views == "multi_crop":
+        if mode == "batched":
+            raise FewlabelError("multi-crop methods (dino) need --views per-sample")
+        return MultiCropTransform(channels, size, mean, std, flip=flip, num_local_crops=local_crops), None
+    if mode == "per-sample":
+        return TwoViewTransform(channels, size, mean, std, flip=flip), None
+    return None, BatchedTwoViewAugment(channels, size, mean, std, flip=flip)
+
+
+def pretrain(config: PretrainConfig, resume: str | None = None) -> RunResult:
+    """Pretrain ``config.backbone`` with ``config.method`` on the unlabelled pool and export it."""
+    if config.method not in METHODS:
+        raise FewlabelError(f"unknown method '{config.method}'; choose one of {', '.join(METHODS)}")
+    if config.views not in ("auto", "batched", "per-sample"):
+        raise FewlabelError(f"--views {config.views!r}: choose auto, batched or per-sample")
+    if config.epochs < 1:
+        raise FewlabelError(f"--epochs {config.epochs} is impossible; give a positive number")
+    dataset = load_dataset(config.data, config.data_dir)
+    if dataset.modality != "image":
+        raise FewlabelError(f"'{dataset.name}' is a {dataset.modality} dataset; image methods need images")
+    split = prepare_split(dataset, config.seed, config.split)
+    return pretrain_on(dataset, split, config, resume)
+
+
+def pretrain_on(dataset: Dataset, split: LabelSplit, config: PretrainConfig, resume: str | None = None) -> RunResult:
+    """``pretrain`` on an already loaded dataset and split (the Python entry point for custom data)."""
+    channels, height, _ = dataset.image_shape  # views are square crops of the image height
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    spec = BackboneSpec(name=config.backbone, in_chans=channels, width=config.width)
+    backbone = create_backbone(spec)
+    method = create_method(config.method, backbone, **config.method_options)
+    input_spec = backbone.input_spec
+    mode = config.views if config.views != "auto" else ("per-sample" if method.views == "multi_crop" else "batched")
+    sample_views, batched_views = _view_generator(method.views, mode, channels, height, input_spec.mean,
+                                                  input_spec.std, dataset.flip_invariant, config.local_crops)
+    optim = config.optim or METHOD_OPTIM[config.method]
+
+    if resume:
+        run = RunFolder(Path(resume))
+        checkpoint = run.checkpoints / "last.ckpt"
+        if not checkpoint.is_file():
+            raise FewlabelError(f"nothing to resume in {resume}: {checkpoint} is missing")
+    else:
+        name = f"pretrain-{config.method}-{dataset.name}-{config.backbone}-s{config.seed}"
+        run = RunFolder.create(config.out, name, base=config.runs_dir)
+        checkpoint = None
+    handler = run.attach_log()
+    try:
+        split.save(run.path / "split.npz")
+        run.write_config({"command": "pretrain", **asdict(config), "optim": asdict(optim), "views_mode": mode,
+                          "dataset": dataset.summary(), "method_hparams": method.hparams,
+                          "input_spec": input_spec.to_dict()})
+        pool = split.pool  # every training image; the labels of these are never passed on
+        batch_size = config.batch_size or min(256, max(16, 2 ** int(np.log2(max(2, len(pool) // 8)))))
+        if len(pool) < 2 * batch_size:
+            batch_size = max(2, len(pool) // 2)
+        workers = config.budget.workers
+        if workers is None:
+            workers = default_workers(sample_views is not None)
+        loader = make_loader(IndexedSamples(dataset.samples, pool, labels=None, transform=sample_views),
+                             batch_size, shuffle=True, workers=workers, drop_last=True)
+        monitor = _monitor(dataset, split, config.monitor_per_class)
+        module = PretrainModule(method, optim, batched_views)
+        trainer = build_trainer(run, max_epochs=config.epochs, monitor=None, accelerator=config.budget.accelerator,
+                                devices=config.budget.devices, num_nodes=config.budget.num_nodes,
+                                precision=config.budget.precision, max_minutes=config.budget.max_minutes,
+                                progress=config.budget.progress, extra_callbacks=[monitor],
+                                use_distributed_sampler=True)
+        log.info("pretraining %s on %d unlabelled images (%s views), batch %d, %d epochs", config.method,
+                 len(pool), mode, batch_size, config.epochs)
+        started = time.perf_counter()
+        trainer.fit(module, loader, ckpt_path=str(checkpoint) if checkpoint else None)
+        seconds = time.perf_counter() - started
+        metrics: dict[str, Any] = {
+            "method": config.method,
+            "pretrain_seconds": round(seconds, 3),
+            "samples_per_second": round(module.samples_seen / seconds, 1) if seconds > 0 else None,
+            "epochs": trainer.current_epoch,
+            "batch_size": batch_size,
+            "pool_size": len(pool),
+            "final_loss": float(trainer.callback_metrics.get("ssl_loss_epoch", float("nan"))),
+            "monitor": monitor.history,
+            "warnings": monitor.warnings,
+            "split": {"seed": split.seed, "pool": len(pool), "val": len(split.val), "test": len(split.test)},
+        }
+        if trainer.is_global_zero:
+            save_backbone(method.pretrained_backbone(), spec, run.path / "export", method=config.method,
+                          dataset=dataset.name, dataset_fingerprint=dataset.fingerprint(), seed=config.seed,
+                          image_shape=list(dataset.image_shape))
+            run.write_metrics(metrics)
+        log.info("pretraining done in %.1f s; backbone exported to %s", seconds, run.path / "export")
+    finally:
+        run.detach_log(handler)
+    return RunResult(str(run.path), metrics)
+
+
+def _monitor(dataset: Dataset, split: LabelSplit, per_class: int) -> RepresentationMonitor:
+    """kNN monitor on the validation split only: half of each class as memory, the other half as queries."""
+    request = LabelRequest(per_class=2 * per_class)
+    chosen = split.validation(request, dataset.labels, min_per_class=2)
+    labels = dataset.labels[chosen]
+    memory_mask = np.zeros(len(chosen), dtype=bool)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        memory_mask[members[: (len(members) + 1) // 2]] = True
+    return RepresentationMonitor(dataset.samples, chosen[memory_mask], labels[memory_mask], chosen[~memory_mask],
+                                 labels[~memory_mask], dataset.num_classes)
+
+
+def load_pretrain_config(run_dir: str | Path) -> PretrainConfig:
+    """The config a pretraining run was started with (to resume it)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise FewlabelError(f"{run_dir} is not a pretraining run folder (no config.yaml)")
+    raw = yaml.safe_load(path.read_text())
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    values = {k: v for k, v in raw.items() if k in names}
+    values["optim"] = OptimConfig(**raw["optim"]) if raw.get("optim") else None
+    values["budget"] = Budget(**raw["budget"])
+    return PretrainConfig(**values)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    backbone: str
+    protocol: str = "knn"
+    labels: str = "1.0"
+    data: str | None = None
+    data_dir: str | None = None
+    seed: int | None = None
+    k: int = 200
+    temperature: float = 0.1
+    budget: Budget = field(default_factory=Budget)
+    out: str | None = None
+    runs_dir: str = "runs"
+
+
+def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
+    """kNN or linear probe of an exported backbone on the labelled subset; scored on the test split."""
+    if config.protocol not in ("knn", "linear", "finetune"):
+        raise FewlabelError(f"unknown protocol '{config.protocol}'; choose knn, linear or finetune")
+    request = LabelRequest.parse(config.labels)
+    backbone, info = load_backbone(config.backbone)
+    data = config.data or info.get("dataset")
+    dataset = load_dataset(data, config.data_dir)
+    run_split = Path(config.backbone) / "split.npz"
+    same_data = info.get("dataset_fingerprint") == dataset.fingerprint()
+    seed = config.seed if config.seed is not None else int(info.get("seed", 0))
+    if same_data and run_split.is_file() and config.seed is None:
+        split = LabelSplit.load(run_split, dataset)  # the pretraining run's split: its test set was never seen
+    else:
+        split = prepare_split(dataset, seed, None)
+    split.check_request(request, dataset.labels)
+    if dataset.image_shape[0] not in (1, backbone.input_spec.channels):
+        raise FewlabelError(f"{dataset.name} has {dataset.image_shape[0]} channels; the backbone expects "
+                            f"{backbone.input_spec.channels}")
+    train_idx = split.labelled(request, dataset.labels)
+    if config.protocol == "finetune":
+        return _finetune(backbone, dataset, split, request, seed, config)
+    started = time.perf_counter()
+    train_x = extract_features(backbone, dataset.samples, train_idx)
+    test_x = extract_features(backbone, dataset.samples, split.test)
+    train_y = dataset.labels[train_idx]
+    test_y = dataset.labels[split.test]
+    if config.protocol == "knn":
+        import torch
+
+        predictions = knn_predict(train_x, torch.as_tensor(train_y), test_x, dataset.num_classes, k=config.k,
+                                  temperature=config.temperature)
+    else:
+        predictions = linear_probe(train_x.numpy(), train_y, test_x.numpy(), seed=seed)
+    return {
+        "protocol": config.protocol,
+        "test_accuracy": accuracy(predictions, test_y),
+        "labelled": len(train_idx),
+        "test": len(test_y),
+        "seconds": round(time.perf_counter() - started, 3),
+        "backbone": str(config.backbone),
+        "dataset": dataset.name,
+        "labels": str(request),
+        **representation_health(test_x),
+    }
+
+
+def _finetune(backbone, dataset: Dataset, split: LabelSplit, request: LabelRequest, seed: int,
+              config: EvaluateConfig) -> dict[str, Any]:
+    """Fine-tune every layer of the exported backbone with a new head (low learning rate, warm-up)."""
+    from fewlabel.augment.supervised import build_policy
+    from fewlabel.engine.fit import fit_classifier
+    from fewlabel.models.backbones import Classifier
+
+    channels, height, width = dataset.image_shape
+    L.seed_everything(seed, workers=True, verbose=False)
+    model = Classifier(backbone, dataset.num_classes, data_channels=channels)
+    policy = build_policy("standard", (height, width), dataset.num_classes, flip=dataset.flip_invariant)
+    optim = OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_fraction=0.1)
+    run = RunFolder.create(config.out, f"evaluate-finetune-{dataset.name}-{request.slug}-s{seed}",
+                           base=config.runs_dir)
+    handler = run.attach_log()
+    try:
+        split.save(run.path / "split.npz")
+        run.write_config({"command": "evaluate", **asdict(config), "optim": asdict(optim)})
+        metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run, seed=seed)
+    finally:
+        run.detach_log(handler)
+    return {"protocol": "finetune", "test_accuracy": metrics["test_accuracy"], "labelled": metrics["split"]["labelled"],
+            "test": metrics["split"]["test"], "seconds": metrics["train_seconds"], "backbone": str(config.backbone),
+            "dataset": dataset.name, "labels": str(request), "run_dir": str(run.path)}

@@ -1,0 +1,112 @@
+"""The one Lightning module that pretrains with any self-supervised method, and its monitor callback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from torch import nn
+
+from fewlabel.engine.classification import OptimConfig
+from fewlabel.engine.run import LOGGER_NAME
+from fewlabel.evaluate.features import extract_features
+from fewlabel.evaluate.probes import accuracy, collapse_warning, knn_predict, representation_health
+from fewlabel.methods.base import SSLMethod
+
+log = logging.getLogger(LOGGER_NAME)
+
+
+class PretrainModule(L.LightningModule):
+    """Turns batches into views, asks the method for a loss, and calls its per-step hook (EMA updates).
+
+    Batches are either lists of views (per-sample view generators in the data loader) or raw uint8 image
+    batches that ``batched_views`` augments on the device after transfer (fast on GPU and CPU alike).
+    """
+
+    def __init__(self, method: SSLMethod, optim: OptimConfig, batched_views: nn.Module | None = None):
+        super().__init__()
+        self.method = method
+        self.optim = optim
+        self.batched_views = batched_views
+        self.samples_seen = 0
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if self.batched_views is not None and isinstance(batch, torch.Tensor):
+            return self.batched_views(batch)
+        return batch
+
+    def training_step(self, views: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        loss, scalars = self.method.training_loss(views)
+        batch = views[0].shape[0]
+        self.samples_seen += batch
+        self.log("ssl_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch)
+        for name, value in scalars.items():
+            if name != "loss":
+                self.log(name, float(value), on_step=False, on_epoch=True, batch_size=batch)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        max_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        self.method.on_train_step_end(self.global_step - 1, max_steps)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = create_optimizer_v2(
+            self.method.optimizer_groups(),
+            opt=self.optim.optimizer,
+            lr=self.optim.lr,
+            weight_decay=self.optim.weight_decay,
+            **({"momentum": self.optim.momentum} if self.optim.optimizer in ("sgd", "nesterov", "lars") else {}),
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=self.optim.lr * self.optim.min_lr_ratio,
+                                      warmup_t=int(total * self.optim.warmup_fraction),
+                                      warmup_lr_init=self.optim.lr * 0.01, t_in_epochs=False)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scheduler_step(self, scheduler: CosineLRScheduler, metric: Any) -> None:
+        scheduler.step_update(num_updates=self.global_step)
+
+
+class RepresentationMonitor(Callback):
+    """Each epoch: online kNN accuracy on a small labelled validation slice, embedding std and effective rank.
+
+    The slice comes from the validation split, never from the pretraining pool, so pretraining itself
+    stays label-free. Warns (log + ``warnings`` list) when the embedding looks collapsed.
+    """
+
+    def __init__(self, samples: torch.Tensor, memory: np.ndarray, memory_labels: np.ndarray,
+                 queries: np.ndarray, query_labels: np.ndarray, num_classes: int, k: int = 20):
+        self.samples = samples
+        self.memory, self.memory_labels = memory, torch.as_tensor(memory_labels)
+        self.queries, self.query_labels = queries, np.asarray(query_labels)
+        self.num_classes = num_classes
+        self.k = k
+        self.history: list[dict[str, float]] = []
+        self.warnings: list[str] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or len(self.queries) == 0:
+            return
+        backbone = module.method.pretrained_backbone()
+        device = module.device
+        memory = extract_features(backbone, self.samples, self.memory, device=device)
+        queries = extract_features(backbone, self.samples, self.queries, device=device)
+        predictions = knn_predict(memory, self.memory_labels, queries, self.num_classes, k=self.k)
+        health = representation_health(queries)
+        record = {"epoch": trainer.current_epoch + 1, "knn_accuracy": accuracy(predictions, self.query_labels),
+                  **health}
+        self.history.append(record)
+        module.log_dict({f"monitor_{k}": float(v) for k, v in record.items() if k != "epoch"}, rank_zero_only=True)
+        log.info("epoch %d monitor: kNN accuracy %.4f, embedding std %.3f, effective rank %.1f", record["epoch"],
+                 record["knn_accuracy"], health["embedding_std"], health["effective_rank"])
+        warning = collapse_warning(health, backbone.embed_dim)
+        if warning:
+            self.warnings.append(f"epoch {record['epoch']}: {warning}")
+            log.warning("epoch %d: %s", record["epoch"], warning)
