@@ -181,6 +181,47 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from fewlabel.approaches.transfer import TRANSFER_BUDGET, TransferConfig, finetune
+
+    budget = _budget(args)
+    budget = dataclasses.replace(budget, target_steps=TRANSFER_BUDGET.target_steps,
+                                 min_epochs=TRANSFER_BUDGET.min_epochs, max_epochs=TRANSFER_BUDGET.max_epochs)
+    trainable = tuple(t for t in (args.trainable or "").split(",") if t.strip())
+    optim = None
+    if args.lr is not None:
+        from fewlabel.engine.classification import OptimConfig
+
+        if args.lr <= 0:
+            raise FewlabelError(f"--lr {args.lr} is impossible; give a positive learning rate")
+        optim = OptimConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                            warmup_fraction=args.warmup)
+    config = TransferConfig(backbone=args.backbone, strategy=args.strategy, data=args.data, data_dir=args.data_dir,
+                            labels=args.labels, seed=args.seed, split=args.split,
+                            full_validation=args.full_validation, image_size=args.image_size, trainable=trainable,
+                            layer_decay=args.layer_decay, l2sp=args.l2sp, head=args.head, augment=args.augment,
+                            optim=optim, budget=budget, out=args.out, runs_dir=args.runs_dir)
+    result = finetune(config)
+    m = result.metrics
+    print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({args.strategy}, "
+          f"{m['split']['labelled']} labelled, {m['train_seconds']:.1f} s)  run: {result.run_dir}")
+    return 0
+
+
+def cmd_rank_backbones(args: argparse.Namespace) -> int:
+    from fewlabel.approaches.transfer import rank_backbones
+
+    rows = rank_backbones([b.strip() for b in args.backbones.split(",") if b.strip()], args.data, args.labels,
+                          args.data_dir, args.seed, args.image_size)
+    width = max(len("backbone"), *(len(r["backbone"]) for r in rows))
+    print(f"{'backbone':<{width}}  {'LogME':>8}  {'kNN acc':>8}  {'dim':>5}  {'px':>4}  {'s':>6}")
+    for r in rows:
+        print(f"{r['backbone']:<{width}}  {r['logme']:>8.4f}  {r['knn_accuracy']:>8.4f}  {r['embed_dim']:>5}  "
+              f"{r['image_size']:>4}  {r['seconds']:>6.1f}")
+    print(f"({rows[0]['labelled']} labelled examples; higher LogME = features fit the labels better)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fewlabel import __version__
     from fewlabel.augment.supervised import POLICIES
@@ -230,6 +271,37 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", default=None, help="continue a pretraining run folder from its last checkpoint")
     _add_budget_flags(pre)
     pre.set_defaults(func=cmd_pretrain)
+
+    from fewlabel.transfer.strategies import STRATEGIES
+
+    ft = sub.add_parser("finetune", help="transfer learning from a pretrained backbone with one of three strategies")
+    _add_data_flags(ft)
+    ft.add_argument("--backbone", default="efficientnet_lite0",
+                    help="efficientnet_lite0 (offline ImageNet weights), a pretrain run folder, NAME@weights.pth, "
+                    "or a timm name (hub)")
+    ft.add_argument("--strategy", default="feature-extract", choices=STRATEGIES)
+    ft.add_argument("--trainable", default=None, help="partial: stages that train, e.g. layer4 or blocks.5,blocks.6")
+    ft.add_argument("--layer-decay", type=float, default=0.75, help="finetune: layer-wise learning-rate decay")
+    ft.add_argument("--l2sp", type=float, default=0.0, help="finetune/partial: L2-SP strength toward pretrained")
+    ft.add_argument("--head", default="linear", choices=["linear", "logreg"],
+                    help="feature-extract: linear head on cached features or logistic regression")
+    ft.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained, <= 4x data)")
+    ft.add_argument("--augment", default="standard", choices=POLICIES, help="augmentation for finetune/partial")
+    ft.add_argument("--optimizer", default="adamw")
+    ft.add_argument("--lr", type=float, default=None, help="peak learning rate (default per strategy)")
+    ft.add_argument("--weight-decay", type=float, default=1e-4)
+    ft.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the steps")
+    _add_budget_flags(ft)
+    ft.set_defaults(func=cmd_finetune)
+
+    rank = sub.add_parser("rank-backbones", help="score candidate backbones (LogME, kNN) before fine-tuning")
+    rank.add_argument("--backbones", required=True, help="comma-separated backbones (as for finetune)")
+    rank.add_argument("--data", default="digits")
+    rank.add_argument("--data-dir", default=None)
+    rank.add_argument("--labels", default="0.1")
+    rank.add_argument("--seed", type=int, default=0)
+    rank.add_argument("--image-size", type=int, default=None)
+    rank.set_defaults(func=cmd_rank_backbones)
 
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tune of an exported backbone")
     ev.add_argument("--backbone", required=True, help="a pretraining run folder (or its export/)")

@@ -42,8 +42,10 @@ class ClassificationModule(L.LightningModule):
         batch_transform: BatchTransform | None = None,
         param_groups: list[dict[str, Any]] | None = None,
         frozen_eval_modules: list[nn.Module] | None = None,
+        regularizer: nn.Module | None = None,
     ):
         super().__init__()
+        self.regularizer = regularizer
         self.model = model
         self.num_classes = num_classes
         self.optim = optim
@@ -72,6 +74,10 @@ class ClassificationModule(L.LightningModule):
             x, y = self.batch_transform(x, y)
         logits = self.model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.optim.label_smoothing)
+        if self.regularizer is not None:
+            penalty = self.regularizer()
+            self.log("regularizer", penalty, on_step=False, on_epoch=True, batch_size=x.shape[0])
+            loss = loss + penalty
         self.samples_seen += x.shape[0]
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
         return loss

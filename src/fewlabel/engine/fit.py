@@ -71,6 +71,8 @@ def fit_classifier(
     frozen_eval_modules: list[nn.Module] | None = None,
     full_validation: bool = False,
     model_meta: dict[str, Any] | None = None,
+    regularizer: nn.Module | None = None,
+    extra_metrics: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on the labelled subset of ``split``, keep the best validation epoch, test it.
 
@@ -95,7 +97,7 @@ def fit_classifier(
 
     model = model.to(memory_format=torch.channels_last)
     module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
-                                  frozen_eval_modules)
+                                  frozen_eval_modules, regularizer)
     trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=patience,
                             accelerator=budget.accelerator, devices=budget.devices, num_nodes=budget.num_nodes,
                             precision=budget.precision, max_minutes=budget.max_minutes, progress=budget.progress)
@@ -126,6 +128,7 @@ def fit_classifier(
         "split": {"seed": split.seed, "labels": str(request), **sizes},
         "optim": asdict(optim),
         "device": str(trainer.strategy.root_device),
+        **(extra_metrics or {}),
     }
     if trainer.is_global_zero:
         save_file({k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()},

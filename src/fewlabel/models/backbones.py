@@ -65,9 +65,25 @@ class Backbone(nn.Module):
         return -1
 
 
+_STAGE_CONTAINERS = ("blocks", "stages", "layers", "features")
+
+
 def _stages_with_parameters(body: nn.Module) -> list[str]:
-    """Top-level children that own parameters, in forward order: the natural 'stages' of a timm model."""
-    return [name for name, child in body.named_children() if any(True for _ in child.parameters())]
+    """Children that own parameters, in forward order: the natural 'stages' of a timm model.
+
+    Containers of stages (EfficientNet's ``blocks``, ConvNeXt's ``stages``, ViT's ``blocks``) are opened one
+    level so partial freezing and layer-wise decay can address ``blocks.5`` rather than all blocks at once.
+    """
+    stages = []
+    for name, child in body.named_children():
+        if not any(True for _ in child.parameters()):
+            continue
+        if name in _STAGE_CONTAINERS and isinstance(child, nn.Sequential | nn.ModuleList) and len(child) > 1:
+            stages.extend(f"{name}.{sub}" for sub, grandchild in child.named_children()
+                          if any(True for _ in grandchild.parameters()))
+        else:
+            stages.append(name)
+    return stages
 
 
 def small_resnet(in_chans: int, width: int, layers: tuple[int, ...]) -> nn.Module:

@@ -1,0 +1,224 @@
+"""Transfer learning from a pretrained backbone with one of three strategies, and ranking candidate backbones."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from fewlabel.approaches.supervised import RunResult, prepare_split
+from fewlabel.augment.supervised import build_policy
+from fewlabel.data.dataset import Dataset
+from fewlabel.data.registry import load_dataset
+from fewlabel.data.splits import LabelRequest, LabelSplit
+from fewlabel.engine.classification import OptimConfig
+from fewlabel.engine.fit import Budget, count_parameters, fit_classifier
+from fewlabel.engine.run import LOGGER_NAME, RunFolder
+from fewlabel.errors import FewlabelError
+from fewlabel.evaluate.probes import accuracy, linear_probe
+from fewlabel.models.backbones import Backbone, Classifier, InputSpec
+from fewlabel.models.pretrained import load_pretrained
+from fewlabel.transfer.features import cached_features
+from fewlabel.transfer.logme import logme_score
+from fewlabel.transfer.strategies import STRATEGIES, apply_strategy, describe_groups
+
+log = logging.getLogger(LOGGER_NAME)
+
+STRATEGY_OPTIM = {
+    "feature-extract": OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_fraction=0.0),
+    "finetune": OptimConfig(optimizer="adamw", lr=3e-4, weight_decay=1e-4, warmup_fraction=0.1),
+    "partial": OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_fraction=0.1),
+}
+# Pretrained networks converge in few epochs; the from-scratch default of 1,500 steps would waste hours on CPU.
+TRANSFER_BUDGET = Budget(target_steps=300, min_epochs=5, max_epochs=60)
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    backbone: str = "efficientnet_lite0"
+    strategy: str = "feature-extract"
+    data: str = "digits"
+    data_dir: str | None = None
+    labels: str = "1.0"
+    seed: int = 0
+    split: str | None = None
+    full_validation: bool = False
+    image_size: int | None = None
+    trainable: tuple[str, ...] = ()
+    layer_decay: float = 0.75
+    l2sp: float = 0.0
+    head: str = "linear"  # feature-extract only: linear (torch, on cached features) | logreg (scikit-learn)
+    augment: str = "standard"
+    optim: OptimConfig | None = None
+    budget: Budget = field(default_factory=lambda: TRANSFER_BUDGET)
+    out: str | None = None
+    runs_dir: str = "runs"
+
+
+def default_image_size(spec: InputSpec, data_size: int) -> int:
+    """The pretrained resolution, but no more than 4x the data's own: upsampling a 28 px image to 224 px adds
+    compute, not information. At least 64 px, where ImageNet features still hold up."""
+    pretrained = spec.size[0] if spec.size else 224
+    return int(min(pretrained, max(64, 4 * data_size)))
+
+
+def prepare_backbone(source: str, dataset: Dataset, image_size: int | None) -> Backbone:
+    probe = load_pretrained(source)
+    size = image_size or default_image_size(probe.input_spec, max(dataset.image_shape[1:]))
+    spec = probe.input_spec
+    probe.input_spec = InputSpec(spec.channels, (size, size), spec.mean, spec.std)
+    return probe
+
+
+def finetune(config: TransferConfig) -> RunResult:
+    """Train a new head (and, by strategy, some or all backbone layers) on the labelled subset."""
+    if config.strategy not in STRATEGIES:
+        raise FewlabelError(f"unknown strategy '{config.strategy}'; choose one of {', '.join(STRATEGIES)}")
+    if config.head not in ("linear", "logreg"):
+        raise FewlabelError(f"--head {config.head!r}: choose linear or logreg")
+    request = LabelRequest.parse(config.labels)
+    dataset = load_dataset(config.data, config.data_dir)
+    if dataset.modality != "image":
+        raise FewlabelError(f"'{dataset.name}' is a {dataset.modality} dataset; image backbones need images")
+    split = prepare_split(dataset, config.seed, config.split)
+    split.check_request(request, dataset.labels)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    backbone = prepare_backbone(config.backbone, dataset, config.image_size)
+    channels = dataset.image_shape[0]
+    model = Classifier(backbone, dataset.num_classes, data_channels=channels)
+    plan = apply_strategy(model, config.strategy, list(config.trainable), config.layer_decay, config.l2sp)
+    optim = config.optim or STRATEGY_OPTIM[config.strategy]
+
+    name = f"finetune-{dataset.name}-{request.slug}-{config.strategy}-{backbone.name.replace('/', '_')}-s{config.seed}"
+    run = RunFolder.create(config.out, name[:120], base=config.runs_dir)
+    handler = run.attach_log()
+    try:
+        split.save(run.path / "split.npz")
+        groups = describe_groups(plan.param_groups, optim.lr)
+        run.write_config({"command": "finetune", **asdict(config), "optim": asdict(optim),
+                          "dataset": dataset.summary(), "input_spec": backbone.input_spec.to_dict(),
+                          "backbone_stages": backbone.stages, "transfer": plan.record, "param_groups": groups})
+        log.info("%s of %s at %d px: %d trainable / %d frozen parameters", config.strategy, backbone.name,
+                 backbone.input_spec.size[0], plan.record["trainable_parameters"], plan.record["frozen_parameters"])
+        extra = {"transfer": plan.record, "param_groups": groups, "image_size": backbone.input_spec.size[0]}
+        if config.strategy == "feature-extract":
+            metrics = _fit_on_cached_features(model, dataset, split, request, config, optim, extra)
+            run.write_metrics(metrics)
+        else:
+            policy = build_policy(config.augment, dataset.image_shape[1:], dataset.num_classes,
+                                  flip=dataset.flip_invariant)
+            metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run,
+                                     seed=config.seed, param_groups=plan.param_groups,
+                                     frozen_eval_modules=plan.frozen_eval_modules, regularizer=plan.regularizer,
+                                     full_validation=config.full_validation, extra_metrics=extra,
+                                     model_meta={"backbone": config.backbone, "strategy": config.strategy})
+        log.info("test accuracy %.4f (macro-F1 %.4f)", metrics["test_accuracy"], metrics["macro_f1"])
+    finally:
+        run.detach_log(handler)
+    return RunResult(str(run.path), metrics)
+
+
+def _fit_on_cached_features(model: Classifier, dataset: Dataset, split: LabelSplit, request: LabelRequest,
+                            config: TransferConfig, optim: OptimConfig, extra: dict[str, Any]) -> dict[str, Any]:
+    """Feature extraction: features computed once (cached), then a linear head or logistic regression."""
+    labels = dataset.labels
+    train_idx = split.labelled(request, labels)
+    val_idx = split.validation(None if config.full_validation else request, labels)
+    started = time.perf_counter()
+    cache_hits = 0
+    feats = {}
+    for part, idx in (("train", train_idx), ("val", val_idx), ("test", split.test)):
+        feats[part], hit = cached_features(model.backbone, dataset, idx)
+        cache_hits += int(hit)
+    feature_seconds = time.perf_counter() - started
+    fit_started = time.perf_counter()
+    y_train, y_val, y_test = labels[train_idx], labels[val_idx], labels[split.test]
+    if config.head == "logreg":
+        predictions = linear_probe(feats["train"].numpy(), y_train, feats["test"].numpy(), seed=config.seed)
+        best_val = None
+    else:
+        predictions, best_val = _train_linear_head(model.head, feats["train"], y_train, feats["val"], y_val,
+                                                   feats["test"], optim, config.seed)
+    fit_seconds = time.perf_counter() - fit_started
+    per_class = [accuracy(predictions[y_test == c], y_test[y_test == c]) for c in range(dataset.num_classes)]
+    return {
+        "test_accuracy": accuracy(predictions, y_test),
+        "macro_f1": float(f1_score(y_test, predictions, average="macro")),
+        "per_class_accuracy": dict(zip(dataset.classes, per_class, strict=True)),
+        "best_val_accuracy": best_val,
+        "train_seconds": round(feature_seconds + fit_seconds, 3),
+        "feature_seconds": round(feature_seconds, 3),
+        "head_seconds": round(fit_seconds, 3),
+        "feature_cache_hits": cache_hits,
+        "samples_per_second": round((len(train_idx) + len(val_idx) + len(split.test)) / max(feature_seconds, 1e-9), 1),
+        "head": config.head,
+        "parameters": count_parameters(model),
+        "split": {"seed": split.seed, "labels": str(request), "labelled": len(train_idx),
+                  "unlabelled": len(split.unlabelled(request, labels)), "val": len(val_idx), "test": len(split.test)},
+        "optim": asdict(optim),
+        **extra,
+    }
+
+
+def _train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Tensor,
+                       y_val: np.ndarray, x_test: torch.Tensor, optim: OptimConfig, seed: int,
+                       epochs: int = 200) -> tuple[np.ndarray, float]:
+    """Full-batch AdamW on standardised cached features; keeps the epoch with the best validation accuracy."""
+    torch.manual_seed(seed)
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
+    xt, xv, xs = (x_train - mean) / std, (x_val - mean) / std, (x_test - mean) / std
+    yt = torch.as_tensor(y_train)
+    opt = torch.optim.AdamW(head.parameters(), lr=optim.lr * 10, weight_decay=optim.weight_decay)
+    best_val, best_state = -1.0, None
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(head(xt), yt).backward()
+        opt.step()
+        with torch.no_grad():
+            val_acc = accuracy(head(xv).argmax(dim=1).numpy(), y_val)
+        if val_acc > best_val:
+            best_val, best_state = val_acc, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    with torch.no_grad():
+        return head(xs).argmax(dim=1).numpy(), best_val
+
+
+def rank_backbones(sources: list[str], data: str, labels: str, data_dir: str | None = None, seed: int = 0,
+                   image_size: int | None = None, k: int = 20) -> list[dict[str, Any]]:
+    """Score candidate backbones on the labelled subset before any training: LogME and leave-one-out kNN."""
+    if not sources:
+        raise FewlabelError("--backbones needs at least one backbone")
+    request = LabelRequest.parse(labels)
+    dataset = load_dataset(data, data_dir)
+    split = prepare_split(dataset, seed, None)
+    split.check_request(request, dataset.labels)
+    idx = split.labelled(request, dataset.labels)
+    y = dataset.labels[idx]
+    rows = []
+    for source in sources:
+        started = time.perf_counter()
+        backbone = prepare_backbone(source, dataset, image_size)
+        feats, _ = cached_features(backbone, dataset, idx)
+        similarity_k = min(k, len(idx) - 1)
+        yt = torch.as_tensor(y)
+        # Leave-one-out kNN: each labelled example is classified by the others.
+        normed = torch.nn.functional.normalize(feats, dim=1)
+        sim = normed @ normed.T
+        sim.fill_diagonal_(-float("inf"))
+        top_sim, top_idx = sim.topk(similarity_k, dim=1)
+        votes = torch.zeros(len(idx), dataset.num_classes).scatter_add_(1, yt[top_idx], (top_sim / 0.1).exp())
+        knn = accuracy(votes.argmax(dim=1).numpy(), y)
+        rows.append({"backbone": source, "logme": logme_score(feats.numpy(), y), "knn_accuracy": knn,
+                     "embed_dim": backbone.embed_dim, "image_size": backbone.input_spec.size[0],
+                     "labelled": len(idx), "seconds": round(time.perf_counter() - started, 2)})
+    rows.sort(key=lambda r: r["logme"], reverse=True)
+    return rows
+
+
+__all__ = ["TransferConfig", "finetune", "rank_backbones"]
