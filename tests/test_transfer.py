@@ -1,0 +1,211 @@
+"""Transfer strategies, parameter groups, feature caching, LogME and loader errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import multivariate_normal
+
+from fewlabel.cli import main
+from fewlabel.data import load_dataset
+from fewlabel.errors import FewlabelError
+from fewlabel.models import BackboneSpec, Classifier, create_backbone
+from fewlabel.models.export import save_backbone
+from fewlabel.models.pretrained import load_pretrained
+from fewlabel.transfer import apply_strategy, cached_features, logme_score
+from fewlabel.transfer.strategies import L2SP
+
+
+def tiny_model() -> Classifier:
+    torch.manual_seed(0)
+    return Classifier(create_backbone("resnet_small", in_chans=1, width=8), num_classes=3, data_channels=1)
+
+
+def trainable_names(model: torch.nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_feature_extract_trains_only_the_head() -> None:
+    model = tiny_model()
+    plan = apply_strategy(model, "feature-extract")
+    assert trainable_names(model) == {"head.weight", "head.bias"}
+    assert plan.record["trainable_parameters"] == 32 * 3 + 3
+    batch_norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(plan.frozen_eval_modules) == len(batch_norms) > 0
+
+
+def test_partial_trains_exactly_the_named_stages() -> None:
+    model = tiny_model()
+    plan = apply_strategy(model, "partial", trainable=["layer3"])
+    expected = {f"backbone.body.layer3.{n}" for n, _ in model.backbone.body.layer3.named_parameters()}
+    assert trainable_names(model) == expected | {"head.weight", "head.bias"}
+    assert plan.record["trainable_stages"] == ["layer3"]
+    frozen_bn = {id(m) for m in plan.frozen_eval_modules}
+    assert id(model.backbone.body.bn1) in frozen_bn  # frozen stem BatchNorm stays in eval mode
+    assert id(model.backbone.body.layer3[0].bn1) not in frozen_bn
+
+
+def test_partial_pattern_that_matches_nothing_is_an_error() -> None:
+    with pytest.raises(FewlabelError, match="matches no parameter"):
+        apply_strategy(tiny_model(), "partial", trainable=["layer9"])
+    with pytest.raises(FewlabelError, match="needs --trainable"):
+        apply_strategy(tiny_model(), "partial")
+
+
+def test_finetune_layer_decay_groups() -> None:
+    model = tiny_model()
+    plan = apply_strategy(model, "finetune", layer_decay=0.5)
+    assert trainable_names(model) == {n for n, _ in model.named_parameters()}
+    stages = model.backbone.stages  # conv1, bn1, layer1, layer2, layer3
+    scales = {g["name"]: g["lr_scale"] for g in plan.param_groups}
+    n = len(stages)
+    for index, stage in enumerate(stages):
+        for name, scale in scales.items():
+            if name.startswith(f"stage{index}:{stage}"):
+                assert scale == pytest.approx(0.5 ** (n - index))
+    assert scales["head"] == 1.0
+    # Every trainable parameter sits in exactly one group; norms and biases get no weight decay.
+    grouped = [p for g in plan.param_groups for p in g["params"]]
+    assert len(grouped) == len({id(p) for p in grouped}) == len(list(model.parameters()))
+    for group in plan.param_groups:
+        if group["name"].endswith("no_decay"):
+            assert group["weight_decay"] == 0.0 and all(p.ndim <= 1 for p in group["params"])
+
+
+def test_l2sp_is_zero_at_start_and_grows_with_distance() -> None:
+    model = tiny_model()
+    reg = L2SP(model.backbone, alpha=0.1)
+    assert float(reg().detach()) == 0.0
+    with torch.no_grad():
+        model.backbone.body.conv1.weight.add_(1.0)
+    expected = 0.5 * 0.1 * model.backbone.body.conv1.weight.numel()
+    assert float(reg().detach()) == pytest.approx(expected)
+
+
+def test_feature_cache_hits_and_invalidates(tmp_path: Path) -> None:
+    dataset = load_dataset("digits")
+    backbone = create_backbone("resnet_small", in_chans=1, width=8).eval()
+    idx = np.arange(50)
+    first, hit = cached_features(backbone, dataset, idx, folder=tmp_path)
+    again, hit_again = cached_features(backbone, dataset, idx, folder=tmp_path)
+    assert not hit and hit_again and torch.equal(first, again)
+    _, other_idx = cached_features(backbone, dataset, np.arange(1, 51), folder=tmp_path)
+    assert not other_idx  # other data, other key
+    with torch.no_grad():
+        backbone.body.conv1.weight.mul_(2.0)
+    changed, hit_changed = cached_features(backbone, dataset, idx, folder=tmp_path)
+    assert not hit_changed and not torch.equal(changed, first)  # other weights, no stale features
+
+
+def brute_force_evidence(features: np.ndarray, y: np.ndarray) -> float:
+    """max over a log grid of alpha, beta of log N(y | 0, I/beta + F F^T/alpha), per sample."""
+    n = len(y)
+    best = -np.inf
+    for alpha in np.logspace(-3, 3, 61):
+        for beta in np.logspace(-3, 3, 61):
+            cov = np.eye(n) / beta + features @ features.T / alpha
+            best = max(best, multivariate_normal(mean=np.zeros(n), cov=cov).logpdf(y))
+    return best / n
+
+
+def test_logme_matches_brute_force_evidence() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(24, 3))
+    labels = (features[:, 0] + 0.3 * rng.normal(size=24) > 0).astype(int)
+    score = logme_score(features, labels)
+    reference = np.mean([brute_force_evidence(features, (labels == c).astype(float)) for c in (0, 1)])
+    assert score == pytest.approx(reference, abs=2e-3)  # the grid is coarse; LogME finds the true maximum
+    assert score >= reference - 1e-6
+
+
+def test_logme_prefers_informative_features() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 90)
+    informative = np.eye(3)[labels] * 3 + 0.1 * rng.normal(size=(90, 3))
+    noise = rng.normal(size=(90, 3))
+    assert logme_score(informative, labels) > logme_score(noise, labels)
+
+
+def test_loader_errors(tmp_path: Path) -> None:
+    with pytest.raises(FewlabelError, match="unknown backbone"):
+        load_pretrained("efficientnet_lite9")
+    other = create_backbone("resnet18", in_chans=3)
+    weights = tmp_path / "resnet18.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in other.body.state_dict().items()}, str(weights))
+    with pytest.raises(FewlabelError, match="does not fit"):
+        load_pretrained(f"efficientnet_b0@{weights}")
+    loaded = load_pretrained(f"resnet18@{weights}")  # the right architecture loads strictly
+    assert loaded.embed_dim == 512
+    with pytest.raises(FewlabelError):
+        load_pretrained(f"resnet18@{tmp_path / 'missing.pth'}")
+
+
+@pytest.fixture
+def tiny_export(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet_small", in_chans=1, width=8)
+    save_backbone(backbone, BackboneSpec(name="resnet_small", in_chans=1, width=8), tmp_path / "pre" / "export",
+                  method="none", dataset="digits")
+    return tmp_path / "pre"
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [("feature-extract", []), ("feature-extract", ["--head", "logreg"]), ("partial", ["--trainable", "layer3"]),
+     ("finetune", ["--l2sp", "0.01"])],
+)
+def test_finetune_cli_strategies(strategy: str, extra: list[str], tiny_export: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code = main(["-q", "finetune", "--backbone", str(tiny_export), "--strategy", strategy, "--data", "digits",
+                 "--labels", "0.2", "--image-size", "8", "--epochs", "1", "--workers", "0", *extra, "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    record = metrics["transfer"]
+    total = record["trainable_parameters"] + record["frozen_parameters"]
+    if strategy == "feature-extract":
+        assert record["trainable_parameters"] == 32 * 10 + 10
+    elif strategy == "partial":
+        assert 0 < record["frozen_parameters"] < total
+    else:
+        assert record["frozen_parameters"] == 0 and record["l2sp"] == 0.01
+    assert all("lr" in g for g in metrics["param_groups"])
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_efficientnet_lite0_feature_extract_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["-q", "finetune", "--backbone", "efficientnet_lite0", "--strategy", "feature-extract",
+                 "--data", "digits", "--labels", "5/class", "--out", str(tmp_path / "eff")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "eff" / "metrics.json").read_text())
+    assert metrics["image_size"] == 64 and metrics["test_accuracy"] > 0.3  # ImageNet features beat chance (0.1)
+
+
+def test_rank_backbones_prints_a_table(tiny_export: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["rank-backbones", "--backbones", f"{tiny_export},efficientnet_lite0", "--data", "digits",
+                 "--labels", "5/class"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "LogME" in out and "efficientnet_lite0" in out and str(tiny_export) in out
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["finetune", "--backbone", "not_a_net_xyz"], "unknown backbone"),
+        (["finetune", "--strategy", "partial", "--backbone", "efficientnet_lite0"], "needs --trainable"),
+        (["finetune", "--strategy", "partial", "--trainable", "blocks.99"], "matches no parameter"),
+    ],
+)
+def test_finetune_errors(args: list[str], fragment: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*args, "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and fragment in err
+    assert not (tmp_path / "runs").exists()
