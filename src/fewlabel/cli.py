@@ -90,16 +90,35 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Until `compare` lands, the demo is a real supervised run on the embedded digits at 10% labels."""
-    from fewlabel.approaches.supervised import SupervisedConfig, train_supervised
+    """`compare` on the embedded digits with the small budget: every approach, three label budgets, two seeds."""
+    from fewlabel.compare import CompareConfig, compare
 
-    config = SupervisedConfig(data="digits", labels="0.1", augment="randaugment", out=args.out,
-                              runs_dir=args.runs_dir, seed=args.seed)
-    print("fewlabel demo: supervised training from scratch on the embedded digits, 10% labels, RandAugment")
-    result = train_supervised(config)
-    m = result.metrics
-    print(f"test accuracy {m['test_accuracy']:.4f} with {m['split']['labelled']} labelled images "
-          f"in {m['train_seconds']:.1f} s; results in {result.run_dir}/metrics.json")
+    print("fewlabel demo: augmentation vs transfer vs self-supervised on the embedded digits (small budget)")
+    config = CompareConfig(data="digits", labels=("0.05", "0.2", "1.0"), seeds=2, budget="small", out=args.out)
+    result = compare(config)
+    print(f"{result['ran']} runs done ({result['skipped']} reused). Report: {result['report_html']} "
+          f"(markdown: {result['report_md']})")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fewlabel.compare import CompareConfig, compare
+
+    config = CompareConfig(data=args.data, data_dir=args.data_dir,
+                           labels=tuple(x.strip() for x in args.labels.split(",") if x.strip()), seeds=args.seeds,
+                           approaches=tuple(x.strip() for x in args.approaches.split(",") if x.strip()),
+                           budget=args.budget, backbones=tuple(x.strip() for x in args.backbones.split(",")),
+                           out=args.out, max_jobs=args.max_jobs)
+    result = compare(config)
+    state = "complete" if result["complete"] else "partial (rerun the same command to continue)"
+    print(f"{result['ran']} runs done, {result['skipped']} reused, {state}. Report: {result['report_html']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fewlabel.compare import report_only
+
+    print(f"report: {report_only(args.folder)}")
     return 0
 
 
@@ -231,11 +250,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="run the built-in demonstration on embedded data")
-    demo.add_argument("--out", default=None, help="run folder")
-    demo.add_argument("--runs-dir", default="runs", help="parent of the run folder")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="compare all approaches on the embedded digits (small budget, ~5 min CPU)")
+    demo.add_argument("--out", default="fewlabel-demo", help="folder for runs, results and the report")
     demo.set_defaults(func=cmd_demo)
+
+    from fewlabel.compare.grid import APPROACHES, BUDGETS
+
+    cmp_ = sub.add_parser("compare", help="all approaches x label fractions x seeds, with a report")
+    cmp_.add_argument("--data", default="digits", help="registered dataset name or a path")
+    cmp_.add_argument("--data-dir", default=None)
+    cmp_.add_argument("--labels", default="0.01,0.1,1.0", help="comma-separated label budgets")
+    cmp_.add_argument("--seeds", type=int, default=3)
+    cmp_.add_argument("--approaches", default=",".join(APPROACHES), help="comma-separated subset of " +
+                      ", ".join(APPROACHES))
+    cmp_.add_argument("--budget", default="small", choices=list(BUDGETS))
+    cmp_.add_argument("--backbones", default="efficientnet_lite0", help="pretrained backbones for transfer")
+    cmp_.add_argument("--out", default="compare", help="folder; rerunning resumes and reuses finished runs")
+    cmp_.add_argument("--max-jobs", type=int, default=None, help="stop after this many new runs")
+    cmp_.set_defaults(func=cmd_compare)
+
+    rep = sub.add_parser("report", help="rewrite a compare folder's report from stored results (no training)")
+    rep.add_argument("folder")
+    rep.set_defaults(func=cmd_report)
 
     datasets = sub.add_parser("datasets", help="list registered datasets, where each was found, sizes")
     datasets.add_argument("--data-dir", default=None, help="folder holding named datasets")

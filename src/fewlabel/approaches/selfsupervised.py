@@ -137,7 +137,7 @@ def pretrain_on(dataset: Dataset, split: LabelSplit, config: PretrainConfig, res
                                 devices=config.budget.devices, num_nodes=config.budget.num_nodes,
                                 precision=config.budget.precision, max_minutes=config.budget.max_minutes,
                                 progress=config.budget.progress, extra_callbacks=[monitor],
-                                use_distributed_sampler=True)
+                                use_distributed_sampler=True, sync_batchnorm=True)
         log.info("pretraining %s on %d unlabelled images (%s views), batch %d, %d epochs", config.method,
                  len(pool), mode, batch_size, config.epochs)
         started = time.perf_counter()

@@ -88,6 +88,8 @@ def fit_classifier(
     steps_per_epoch = max(1, len(train_idx) // batch_size)
     epochs = budget.resolve_epochs(steps_per_epoch)
     patience = budget.patience if budget.patience is not None else max(5, epochs // 4)
+    # Tiny labelled sets need many short epochs; validating after every one would cost more than training.
+    val_every = max(1, epochs // 25)
 
     train_loader = make_loader(IndexedSamples(dataset.samples, train_idx, labels, policy.sample_transform),
                                batch_size, shuffle=True, workers=workers, drop_last=True)
@@ -98,7 +100,8 @@ def fit_classifier(
     model = model.to(memory_format=torch.channels_last)
     module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
                                   frozen_eval_modules, regularizer)
-    trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=patience,
+    trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=max(2, patience // val_every),
+                            check_val_every_n_epoch=val_every,
                             accelerator=budget.accelerator, devices=budget.devices, num_nodes=budget.num_nodes,
                             precision=budget.precision, max_minutes=budget.max_minutes, progress=budget.progress)
     sizes = {"labelled": len(train_idx), "unlabelled": len(split.unlabelled(request, labels)),
@@ -123,6 +126,7 @@ def fit_classifier(
         "samples_per_second": round(module.samples_seen / train_seconds, 1) if train_seconds > 0 else None,
         "epochs_run": epochs_run,
         "epochs_planned": epochs,
+        "validate_every_epochs": val_every,
         "batch_size": batch_size,
         "parameters": count_parameters(model),
         "split": {"seed": split.seed, "labels": str(request), **sizes},

@@ -10,6 +10,7 @@ into a scalar loss. Training loops (Lightning or a plain ``for`` loop) only need
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import torch
@@ -22,7 +23,7 @@ from fewlabel.methods.momentum import cosine_momentum, update_momentum
 VIEW_KINDS = ("two_view", "multi_crop")
 
 
-class SSLMethod(nn.Module):
+class SSLMethod(nn.Module, ABC):
     """Base class: a backbone plus whatever the objective needs on top of it.
 
     Subclasses set ``name`` and ``views``, build their heads in ``__init__`` (explicit keyword
@@ -60,9 +61,9 @@ class SSLMethod(nn.Module):
         """The backbone worth keeping after pre-training (DINO overrides this with its teacher)."""
         return self.backbone
 
+    @abstractmethod
     def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss for one batch of views (float, normalised (N, C, H, W) tensors) and scalars to log."""
-        raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         """``(online, momentum)`` module pairs that follow the EMA rule; empty for SimCLR-like methods."""

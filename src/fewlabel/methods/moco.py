@@ -41,7 +41,7 @@ class MoCo(SSLMethod):
         queue_size: int = 4096,
         momentum: float = 0.99,
         momentum_end: float = 1.0,
-        gather_distributed: bool = False,
+        gather_distributed: bool = True,
     ) -> None:
         if version not in (2, 3):
             raise FewlabelError(f"moco version must be 2 or 3, got {version!r}")

@@ -27,7 +27,7 @@ class SimCLR(SSLMethod):
         output_dim: int = 128,
         num_layers: int = 2,
         temperature: float = 0.5,
-        gather_distributed: bool = False,
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__(
             backbone,

@@ -1,0 +1,101 @@
+"""The comparison grid: one independent, hashable job per (approach variant x label fraction x seed).
+
+Self-supervised pretraining is its own job (one per method and seed); its probes depend on it and reuse it
+for every label fraction. A job's key hashes its full configuration, so a changed option reruns only the
+jobs it affects, and any job can run on any machine that sees the output folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fewlabel.errors import FewlabelError
+
+APPROACHES = ("supervised", "transfer", "selfsupervised")
+
+
+@dataclass(frozen=True)
+class BudgetPreset:
+    """Explicit per-job budgets; recorded with every job."""
+
+    name: str
+    supervised_steps: int
+    supervised_min_epochs: int
+    transfer_epochs: int
+    pretrain_epochs: int
+    policies: tuple[str, ...]
+    strategies: tuple[str, ...]
+    methods: tuple[str, ...]
+    probes: tuple[str, ...]
+    width: int
+    max_minutes: float | None
+
+
+BUDGETS = {
+    "small": BudgetPreset("small", 300, 10, 3, 5, ("standard",), ("feature-extract",), ("simclr",), ("linear",), 16,
+                          5.0),
+    "medium": BudgetPreset("medium", 1000, 15, 8, 30, ("standard", "randaugment"), ("feature-extract", "finetune"),
+                           ("simclr", "byol"), ("linear", "finetune"), 16, 30.0),
+    "large": BudgetPreset("large", 3000, 30, 20, 200, ("standard", "randaugment", "mixup"),
+                          ("feature-extract", "finetune", "partial"), ("simclr", "moco", "byol", "dino"),
+                          ("linear", "finetune"), 32, None),
+}
+
+
+@dataclass(frozen=True)
+class Job:
+    approach: str  # supervised | transfer | pretrain | probe
+    variant: str  # policy, strategy@backbone, method, or method:protocol
+    data: str
+    labels: str | None
+    seed: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    depends_on: str | None = None
+
+    def key(self) -> str:
+        payload = json.dumps(asdict(self), sort_keys=True, default=str)
+        return f"{self.approach}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+
+    @property
+    def label(self) -> str:
+        """The row name in tables and plots."""
+        names = {"supervised": "supervised", "transfer": "transfer", "probe": "self-supervised"}
+        return f"{names.get(self.approach, self.approach)}: {self.variant}"
+
+
+def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], budget: BudgetPreset,
+               backbones: list[str], data_dir: str | None = None) -> list[Job]:
+    unknown = sorted(set(approaches) - set(APPROACHES))
+    if unknown:
+        raise FewlabelError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
+    if seeds < 1:
+        raise FewlabelError(f"--seeds {seeds}: need at least one seed")
+    common = {"data_dir": data_dir, "budget": budget.name}
+    jobs: list[Job] = []
+    for seed in range(seeds):
+        if "selfsupervised" in approaches:
+            for method in budget.methods:
+                pre = Job("pretrain", method, data, None, seed,
+                          {**common, "epochs": budget.pretrain_epochs, "width": budget.width})
+                jobs.append(pre)
+                for fraction in labels:
+                    for probe in budget.probes:
+                        jobs.append(Job("probe", f"{method}+{probe}", data, fraction, seed,
+                                        {**common, "protocol": probe, "epochs": budget.transfer_epochs},
+                                        depends_on=pre.key()))
+        for fraction in labels:
+            if "supervised" in approaches:
+                for policy in budget.policies:
+                    jobs.append(Job("supervised", policy, data, fraction, seed,
+                                    {**common, "steps": budget.supervised_steps, "width": budget.width,
+                                     "min_epochs": budget.supervised_min_epochs, "max_minutes": budget.max_minutes}))
+            if "transfer" in approaches:
+                for backbone in backbones:
+                    for strategy in budget.strategies:
+                        jobs.append(Job("transfer", f"{strategy}@{backbone}", data, fraction, seed,
+                                        {**common, "epochs": budget.transfer_epochs,
+                                         "max_minutes": budget.max_minutes}))
+    return jobs

@@ -1,0 +1,215 @@
+"""The comparison report: ``report.md`` and a self-contained ``report.html`` (embedded PNG figures)."""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from fewlabel.compare.stats import Recommendation, Summary, recommend, summarize
+
+DATA_USED = {
+    "supervised": ("yes", "labelled subset only"),
+    "transfer": ("yes", "labelled subset + a model pretrained elsewhere"),
+    "self-supervised": ("yes (probe only)", "unlabelled pool for pretraining + labelled subset"),
+}
+
+
+def _row_family(label: str) -> str:
+    return label.split(":", 1)[0]
+
+
+def collect(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Group stored job results into rows (approach variant) x label fractions."""
+    accuracy: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    seconds: dict[str, list[float]] = defaultdict(list)
+    labelled: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    pretrain_seconds: dict[tuple[str, int], float] = {}
+    warnings: list[str] = []
+    for r in results:
+        job = r["job"]
+        if job["approach"] == "pretrain":
+            pretrain_seconds[(r["key"], job["seed"])] = r["seconds"]
+            warnings += [f"{job['variant']} seed {job['seed']}: {w}" for w in r.get("warnings", [])]
+    for r in results:
+        job = r["job"]
+        if job["approach"] == "pretrain" or r.get("test_accuracy") is None:
+            continue
+        names = {"supervised": "supervised", "transfer": "transfer", "probe": "self-supervised"}
+        row = f"{names[job['approach']]}: {job['variant']}"
+        accuracy[row][job["labels"]].append(float(r["test_accuracy"]))
+        extra = pretrain_seconds.get((job.get("depends_on"), job["seed"]), 0.0) if job["approach"] == "probe" else 0
+        seconds[row].append(float(r["seconds"]) + extra)
+        if r.get("labelled") is not None:
+            labelled[row][job["labels"]].append(int(r["labelled"]))
+    fractions = sorted({f for row in accuracy.values() for f in row}, key=_fraction_order)
+    return {"accuracy": accuracy, "seconds": seconds, "labelled": labelled, "fractions": fractions,
+            "warnings": warnings}
+
+
+def _fraction_order(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return float(text.split("/")[0]) / 1e6  # N/class sorts before fractions
+
+
+def recommendations(table: dict[str, Any]) -> list[Recommendation]:
+    return [recommend(f, {row: table["accuracy"][row].get(f, []) for row in table["accuracy"]})
+            for f in table["fractions"]]
+
+
+def retention_notes(table: dict[str, Any], recs: list[Recommendation]) -> list[str]:
+    """How much of the best full-label accuracy the best approach keeps at each smaller budget."""
+    by_fraction = {r.labels: r for r in recs}
+    full = by_fraction.get("1.0") or by_fraction.get("1")
+    if full is None:
+        return []
+    notes = []
+    for rec in recs:
+        if rec is full:
+            continue
+        ratio = rec.best_summary.mean / full.best_summary.mean
+        verdict = "holds" if ratio >= 0.95 else "does not hold"
+        notes.append(f"With {float(rec.labels):.0%} of labels the best approach ({rec.best}) keeps {ratio:.1%} of "
+                     f"the best full-label accuracy: the 95% claim {verdict} here.")
+    return notes
+
+
+def domain_notes(table: dict[str, Any]) -> list[str]:
+    notes = []
+    acc = table["accuracy"]
+    for fraction in table["fractions"]:
+        scratch = [summarize(acc[r][fraction]).mean for r in acc if r.startswith("supervised") and acc[r].get(fraction)]
+        for row in acc:
+            if row.startswith("transfer") and acc[row].get(fraction) and scratch:
+                gap = summarize(acc[row][fraction]).mean - max(scratch)
+                if gap < 0:
+                    notes.append(f"{row} trails training from scratch by {-gap * 100:.1f} points at {fraction} labels: "
+                                 "a sign of a domain gap between the pretraining data and this data.")
+    return notes
+
+
+def _plots(table: dict[str, Any], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    colours = {"supervised": "tab:blue", "transfer": "tab:orange", "self-supervised": "tab:green"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row, per_fraction in sorted(table["accuracy"].items()):
+        xs, means, lows, highs = [], [], [], []
+        for fraction in table["fractions"]:
+            values = per_fraction.get(fraction)
+            counts = table["labelled"][row].get(fraction)
+            if not values or not counts:
+                continue
+            s = summarize(values)
+            xs.append(sum(counts) / len(counts))
+            means.append(s.mean * 100)
+            lows.append(s.low * 100)
+            highs.append(s.high * 100)
+        if not xs:
+            continue
+        colour = colours.get(_row_family(row))
+        style = "-" if "feature" not in row and "linear" not in row else "--"
+        ax.plot(xs, means, style, marker="o", label=row, color=colour)
+        ax.fill_between(xs, lows, highs, alpha=0.15, color=colour)
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled training examples (log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Label efficiency (mean and 95% CI over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    efficiency = folder / "label_efficiency.png"
+    fig.savefig(efficiency, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row, per_fraction in sorted(table["accuracy"].items()):
+        secs = table["seconds"][row]
+        if not secs:
+            continue
+        mean_seconds = sum(secs) / len(secs)
+        for fraction in table["fractions"]:
+            if per_fraction.get(fraction):
+                acc = summarize(per_fraction[fraction]).mean * 100
+                ax.scatter(mean_seconds, acc, color=colours.get(_row_family(row)))
+                ax.annotate(f"{row.split(': ')[1]} @{fraction}", (mean_seconds, acc), fontsize=6)
+    ax.set_xscale("log")
+    ax.set_xlabel("compute per run, seconds (log; self-supervised includes pretraining)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Compute vs accuracy")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    compute = folder / "compute_vs_accuracy.png"
+    fig.savefig(compute, dpi=110)
+    plt.close(fig)
+    return [efficiency, compute]
+
+
+def _table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["approach", "needs labels?", "data used", *[f"acc @ {f} labels (%)" for f in table["fractions"]],
+              "compute s/run"]
+    rows = []
+    for row in sorted(table["accuracy"]):
+        needs, used = DATA_USED.get(_row_family(row), ("yes", ""))
+        cells = []
+        for fraction in table["fractions"]:
+            values = table["accuracy"][row].get(fraction)
+            cells.append(summarize(values).format() + f" (n={len(values)})" if values else "-")
+        secs = table["seconds"][row]
+        rows.append([row, needs, used, *cells, f"{sum(secs) / len(secs):.0f}" if secs else "-"])
+    return header, rows
+
+
+def write_report(results: list[dict[str, Any]], out: str | Path, title: str, setup: dict[str, Any]) -> Path:
+    """Write report.md, report.html and figures/ under ``out``; returns the HTML path."""
+    out = Path(out)
+    table = collect(results)
+    recs = recommendations(table) if table["fractions"] else []
+    figures = _plots(table, out / "figures") if table["fractions"] else []
+    header, rows = _table_rows(table)
+    notes = retention_notes(table, recs) + domain_notes(table) + [f"collapse warning: {w}" for w in table["warnings"]]
+
+    md = [f"# {title}", "", "## Set-up", ""]
+    md += [f"- **{k}**: {v}" for k, v in setup.items()]
+    md += ["", "## Results", "", "Test accuracy, mean ± 95% CI over seeds (t distribution), n = seeds.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    md += ["", "## Recommendation", ""]
+    md += [f"- **{r.labels} labels**: {r.sentence()}" for r in recs]
+    if notes:
+        md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    md += [""] + [f"![{p.stem}](figures/{p.name})" for p in figures] + [""]
+    (out / "report.md").write_text("\n".join(md))
+
+    def cell(text: str) -> str:
+        return f"<td>{html.escape(text)}</td>"
+
+    images = "".join(f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+                     f'{base64.b64encode(p.read_bytes()).decode()}"></figure>' for p in figures)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}}
+table{{border-collapse:collapse;font-size:14px}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}
+th{{background:#f3f3f3}}.rec{{background:#eef7ee;padding:.6em 1em;border-left:4px solid #3a3}}img{{max-width:100%}}
+</style></head><body><h1>{html.escape(title)}</h1>
+<h2>Recommendation</h2><div class="rec"><ul>{"".join(f"<li><b>{html.escape(r.labels)} labels</b>: "
+                                                     f"{html.escape(r.sentence())}</li>" for r in recs)}</ul></div>
+<h2>Results</h2><p>Test accuracy, mean ± 95% CI over seeds (t distribution), n = seeds.</p>
+<table><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in header)}</tr>
+{"".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)}</table>
+{"<h2>Notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else ""}
+<h2>Figures</h2>{images}
+<h2>Set-up</h2><ul>{"".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>"
+                            for k, v in setup.items())}</ul></body></html>"""
+    (out / "report.html").write_text(page)
+    return out / "report.html"
+
+
+__all__ = ["Summary", "collect", "recommendations", "write_report"]

@@ -1,0 +1,86 @@
+"""``compare``: build the grid, run what is not finished yet, write the report."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fewlabel.compare.executor import ResultStore, execute
+from fewlabel.compare.grid import APPROACHES, BUDGETS, build_grid
+from fewlabel.compare.report import write_report
+from fewlabel.data.registry import load_dataset
+from fewlabel.data.splits import LabelRequest
+from fewlabel.engine.run import LOGGER_NAME, RunFolder
+from fewlabel.errors import FewlabelError
+
+log = logging.getLogger(LOGGER_NAME)
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    data: str = "digits"
+    data_dir: str | None = None
+    labels: tuple[str, ...] = ("0.01", "0.1", "1.0")
+    seeds: int = 3
+    approaches: tuple[str, ...] = APPROACHES
+    budget: str = "small"
+    backbones: tuple[str, ...] = ("efficientnet_lite0",)
+    out: str = "compare"
+    max_jobs: int | None = None
+
+
+def compare(config: CompareConfig) -> dict[str, Any]:
+    """Run (or resume) the comparison grid in ``config.out`` and (re)write its report."""
+    if config.budget not in BUDGETS:
+        raise FewlabelError(f"--budget {config.budget!r}: choose one of {', '.join(BUDGETS)}")
+    requests = [LabelRequest.parse(f) for f in config.labels]
+    dataset = load_dataset(config.data, config.data_dir)  # fail fast, before any job starts
+    budget = BUDGETS[config.budget]
+    jobs = build_grid(config.data, [str(r) for r in requests], config.seeds, list(config.approaches), budget,
+                      list(config.backbones), config.data_dir)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run = RunFolder(out)
+    (out / "logs").mkdir(exist_ok=True)
+    handler = run.attach_log()
+    try:
+        (out / "compare.yaml").write_text(yaml.safe_dump({**asdict(config), "budget_preset": asdict(budget),
+                                                          "jobs": len(jobs)}, sort_keys=False))
+        store = ResultStore(out)
+        ran, skipped = execute(jobs, store, limit=config.max_jobs)
+        html = write_report(store.all_results(), out, f"fewlabel compare: {dataset.name}",
+                            setup=_setup(config, dataset, budget))
+    finally:
+        run.detach_log(handler)
+    return {"jobs": len(jobs), "ran": ran, "skipped": skipped, "report_html": str(html),
+            "report_md": str(out / "report.md"), "complete": ran + skipped == len(jobs)}
+
+
+def report_only(folder: str | Path) -> Path:
+    """Rewrite the report of a compare folder from its stored results, without training anything."""
+    folder = Path(folder)
+    store = ResultStore(folder)
+    results = store.all_results()
+    if not results:
+        raise FewlabelError(f"{folder} holds no compare results (results/*.json); run `fewlabel compare` first")
+    raw = yaml.safe_load((folder / "compare.yaml").read_text()) if (folder / "compare.yaml").is_file() else {}
+    setup = {k: raw[k] for k in ("data", "labels", "seeds", "approaches", "budget") if k in raw}
+    return write_report(results, folder, f"fewlabel compare: {raw.get('data', folder.name)}", setup=setup)
+
+
+def _setup(config: CompareConfig, dataset, budget) -> dict[str, Any]:
+    return {
+        "data": f"{dataset.name} ({len(dataset)} samples, {dataset.num_classes} classes; {dataset.source})",
+        "label fractions": ", ".join(config.labels),
+        "seeds": config.seeds,
+        "budget": (f"{budget.name}: supervised {budget.supervised_steps} steps (>= {budget.supervised_min_epochs} "
+                   f"epochs, width {budget.width}), transfer {budget.transfer_epochs} epochs, pretraining "
+                   f"{budget.pretrain_epochs} epochs, cap {budget.max_minutes} min/run"),
+        "approaches": ", ".join(config.approaches),
+        "pretrained backbones": ", ".join(config.backbones),
+        "splits": "the same nested, stratified split per seed for every approach; test split fixed across seeds",
+    }
