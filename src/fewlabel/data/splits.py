@@ -220,6 +220,11 @@ def make_split(dataset: Dataset, seed: int = 0, test_fraction: float = 0.2, val_
     else:
         train_candidates, test = _holdout(labelled, dataset, test_fraction, seed=0)
     pool_labelled, val = _holdout(train_candidates, dataset, val_fraction, seed=seed)
+    if dataset.groups is not None:
+        # Unlabelled samples of a test or validation group (e.g. the plot synopsis of a test movie) would leak
+        # that group into pretraining: they stay out of the pool.
+        held_groups = set(dataset.groups[np.concatenate([test, val])].tolist())
+        never_labelled = np.asarray([i for i in never_labelled if dataset.groups[i] not in held_groups], dtype=np.int64)
     rng = np.random.default_rng(seed)
     pool = np.sort(np.concatenate([pool_labelled, never_labelled]))
     pool_rank = _class_ranks(labels[pool], rng, dataset.num_classes)

@@ -1,0 +1,224 @@
+"""Text augmentation policies (EDA, Wei & Zou 2019): random deletion, random swap, WordNet synonym replacement.
+
+A policy is a callable ``str -> str`` that draws from its own ``rng`` (a ``random.Random``; a seed, a
+``torch.Generator`` or ``None`` also work), so a run is reproducible from its seed. With several DataLoader
+workers, reseed each copy in ``worker_init_fn`` (``policy.rng.seed(...)``), or the workers repeat each other.
+Texts are split on whitespace and re-joined with single spaces.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+
+from fewlabel.errors import FewlabelError
+
+POLICIES = ("none", "deletion", "swap", "synonym", "eda")
+WORDNET_INSTALL = "pip install nltk && python -m nltk.downloader wordnet"
+
+# EDA's stop words: never replaced by synonyms (their "synonyms" rarely keep the meaning).
+_STOP_WORDS_TEXT = (
+    "i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers "
+    "herself it its itself they them their theirs themselves what which who whom this that these those am is are "
+    "was were be been being have has had having do does did doing a an the and but if or because as until while "
+    "of at by for with about against between into through during before after above below to from up down in out "
+    "on off over under again further then once here there when where why how all any both each few more most "
+    "other some such no nor not only own same so than too very s t can will just don should now"
+)
+STOP_WORDS = frozenset(_STOP_WORDS_TEXT.split())
+
+RngLike = random.Random | torch.Generator | int | None
+
+
+class _Rng:
+    """Adapts the accepted seeds to one ``random.Random`` per call (a torch generator seeds a fresh one)."""
+
+    def __init__(self, rng: RngLike):
+        self.generator = rng if isinstance(rng, torch.Generator) else None
+        if isinstance(rng, random.Random):
+            self.rng = rng
+        else:
+            self.rng = random.Random(rng if isinstance(rng, int) else None)
+
+    def get(self) -> random.Random:
+        if self.generator is not None:
+            self.rng.seed(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
+        return self.rng
+
+
+class TextAugmentation:
+    """Base of the policies: holds the random source; ``rng`` may be reseeded per DataLoader worker."""
+
+    name = "identity"
+
+    def __init__(self, rng: RngLike = None):
+        self._source = _Rng(rng)
+
+    @property
+    def rng(self) -> random.Random:
+        return self._source.rng
+
+    def __call__(self, text: str) -> str:
+        words = text.split()
+        return " ".join(self.apply(words, self._source.get())) if words else text
+
+    def apply(self, words: list[str], rng: random.Random) -> list[str]:
+        return words
+
+    def describe(self) -> str:
+        return self.name
+
+
+class Identity(TextAugmentation):
+    """The ``none`` policy: returns the text exactly as given (no whitespace normalisation either)."""
+
+    name = "none"
+
+    def __call__(self, text: str) -> str:
+        return text
+
+
+class RandomDeletion(TextAugmentation):
+    """Delete each word with probability ``p``; at least one word always survives so no text becomes empty."""
+
+    def __init__(self, p: float = 0.1, rng: RngLike = None):
+        if not 0.0 <= p < 1.0:
+            raise FewlabelError(f"random deletion probability {p} must be in [0, 1)")
+        super().__init__(rng)
+        self.p = p
+        self.name = f"deletion(p={p:g})"
+
+    def apply(self, words: list[str], rng: random.Random) -> list[str]:
+        kept = [w for w in words if rng.random() >= self.p]
+        return kept or [words[rng.randrange(len(words))]]
+
+
+class RandomSwap(TextAugmentation):
+    """Swap two randomly chosen word positions, ``n`` times."""
+
+    def __init__(self, n: int = 1, rng: RngLike = None):
+        if n < 0:
+            raise FewlabelError(f"random swap count {n} must be >= 0")
+        super().__init__(rng)
+        self.n = n
+        self.name = f"swap(n={n})"
+
+    def apply(self, words: list[str], rng: random.Random) -> list[str]:
+        words = list(words)
+        if len(words) < 2:
+            return words
+        for _ in range(self.n):
+            i, j = rng.sample(range(len(words)), 2)
+            words[i], words[j] = words[j], words[i]
+        return words
+
+
+def wordnet_synonyms() -> Callable[[str], list[str]]:
+    """A WordNet synonym lookup; a one-line error with the install command when nltk or WordNet is missing."""
+    try:
+        from nltk.corpus import wordnet
+    except ImportError:
+        raise FewlabelError(f"synonym augmentation needs nltk with WordNet: {WORDNET_INSTALL}") from None
+    try:
+        wordnet.synsets("good")
+    except LookupError:
+        raise FewlabelError(f"synonym augmentation needs the WordNet corpus for nltk: {WORDNET_INSTALL}") from None
+
+    def lookup(word: str) -> list[str]:
+        names = set()
+        for synset in wordnet.synsets(word):
+            for lemma in synset.lemmas():
+                name = re.sub(r"[^a-z ]", "", lemma.name().replace("_", " ").replace("-", " ").lower()).strip()
+                if name and name != word:
+                    names.add(name)
+        return sorted(names)  # sorted: set order varies between processes, which would break seeding
+
+    return lookup
+
+
+def wordnet_available() -> bool:
+    try:
+        wordnet_synonyms()
+    except FewlabelError:
+        return False
+    return True
+
+
+class SynonymReplacement(TextAugmentation):
+    """Replace up to ``n`` distinct non-stop-words that have synonyms by a random synonym (WordNet by default)."""
+
+    def __init__(self, n: int = 1, rng: RngLike = None, synonyms: Callable[[str], Sequence[str]] | None = None):
+        if n < 0:
+            raise FewlabelError(f"synonym replacement count {n} must be >= 0")
+        super().__init__(rng)
+        self.n = n
+        self.synonyms = synonyms if synonyms is not None else wordnet_synonyms()
+        self.name = f"synonym(n={n})"
+
+    def apply(self, words: list[str], rng: random.Random) -> list[str]:
+        words = list(words)
+        candidates = sorted({w.lower() for w in words if w.isalpha() and w.lower() not in STOP_WORDS})
+        rng.shuffle(candidates)
+        replaced = 0
+        for candidate in candidates:
+            if replaced >= self.n:
+                break
+            options = list(self.synonyms(candidate))
+            if not options:
+                continue
+            choice = rng.choice(options)
+            words = [choice if w.lower() == candidate else w for w in words]
+            replaced += 1
+        return " ".join(words).split()  # multi-word synonyms become separate words
+
+
+class OneOf(TextAugmentation):
+    """Apply one of ``policies``, chosen uniformly per call, as EDA does per augmented sentence."""
+
+    def __init__(self, policies: Sequence[TextAugmentation], rng: RngLike = None, note: str = ""):
+        if not policies:
+            raise FewlabelError("OneOf needs at least one text augmentation")
+        super().__init__(rng)
+        self.policies = list(policies)
+        self.name = "one of " + ", ".join(p.name for p in self.policies) + (f" ({note})" if note else "")
+
+    def apply(self, words: list[str], rng: random.Random) -> list[str]:
+        return rng.choice(self.policies).apply(words, rng)
+
+
+def random_deletion(p: float = 0.1, rng: RngLike = None) -> RandomDeletion:
+    return RandomDeletion(p, rng)
+
+
+def random_swap(n: int = 1, rng: RngLike = None) -> RandomSwap:
+    return RandomSwap(n, rng)
+
+
+def synonym_replacement(n: int = 1, rng: RngLike = None) -> SynonymReplacement:
+    return SynonymReplacement(n, rng)
+
+
+def build_text_policy(name: str, rng: RngLike = None, p: float = 0.1, n: int = 1) -> TextAugmentation:
+    """One of :data:`POLICIES`. ``eda`` picks deletion, swap or (when WordNet is installed) synonym per text;
+    ``describe()`` says when synonym replacement was left out."""
+    if name not in POLICIES:
+        raise FewlabelError(f"unknown text augmentation '{name}'; choose one of {', '.join(POLICIES)}")
+    if name == "none":
+        return Identity(rng)
+    if name == "deletion":
+        return RandomDeletion(p, rng)
+    if name == "swap":
+        return RandomSwap(n, rng)
+    if name == "synonym":
+        return SynonymReplacement(n, rng)
+    # The parts draw from the OneOf's random source (it passes its rng to ``apply``), so they need no seed.
+    parts: list[TextAugmentation] = [RandomDeletion(p), RandomSwap(n)]
+    note = ""
+    if wordnet_available():
+        parts.append(SynonymReplacement(n))
+    else:
+        note = f"synonym replacement unavailable: {WORDNET_INSTALL}"
+    return OneOf(parts, rng, note=note)
