@@ -89,11 +89,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hide_epoch_lines() -> None:
+    """Compare runs many trainings: the console shows one line per job; epoch lines stay in each run's log."""
+    for handler in logging.getLogger("fewlabel").handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.addFilter(lambda record: not record.name.startswith("fewlabel.epochs"))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """`compare` on the embedded digits with the small budget: every approach, three label budgets, two seeds."""
     from fewlabel.compare import CompareConfig, compare
 
     print("fewlabel demo: augmentation vs transfer vs self-supervised on the embedded digits (small budget)")
+    _hide_epoch_lines()
     config = CompareConfig(data="digits", labels=("0.05", "0.2", "1.0"), seeds=2, budget="small", out=args.out)
     result = compare(config)
     print(f"{result['ran']} runs done ({result['skipped']} reused). Report: {result['report_html']} "
@@ -109,6 +117,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            approaches=tuple(x.strip() for x in args.approaches.split(",") if x.strip()),
                            budget=args.budget, backbones=tuple(x.strip() for x in args.backbones.split(",")),
                            out=args.out, max_jobs=args.max_jobs)
+    _hide_epoch_lines()
     result = compare(config)
     state = "complete" if result["complete"] else "partial (rerun the same command to continue)"
     print(f"{result['ran']} runs done, {result['skipped']} reused, {state}. Report: {result['report_html']}")

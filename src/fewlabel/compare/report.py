@@ -73,7 +73,8 @@ def retention_notes(table: dict[str, Any], recs: list[Recommendation]) -> list[s
             continue
         ratio = rec.best_summary.mean / full.best_summary.mean
         verdict = "holds" if ratio >= 0.95 else "does not hold"
-        notes.append(f"With {float(rec.labels):.0%} of labels the best approach ({rec.best}) keeps {ratio:.1%} of "
+        share = f"{float(rec.labels):.0%}" if "/" not in rec.labels else rec.labels
+        notes.append(f"With {share} of labels the best approach ({rec.best}) keeps {ratio:.1%} of "
                      f"the best full-label accuracy: the 95% claim {verdict} here.")
     return notes
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fewlabel.data.dataset import Dataset
 from fewlabel.data.images import load_digits_dataset, load_fashion_mnist, load_image_folder, load_npz
+from fewlabel.data.text import load_text_path, register_text_datasets
 from fewlabel.errors import FewlabelError
 
 Loader = Callable[[str | None], Dataset]
@@ -37,6 +38,7 @@ def registered_datasets() -> list[DatasetEntry]:
 
 register_dataset("digits", load_digits_dataset, "8x8 handwritten digits from scikit-learn (embedded, 1,797 images)")
 register_dataset("fashion-mnist", load_fashion_mnist, "Fashion-MNIST, 28x28 grey clothing, 60k train + 10k test")
+register_text_datasets(register_dataset)
 
 
 def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None) -> Dataset:
@@ -45,12 +47,17 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None) -
     if key in _REGISTRY:
         return _REGISTRY[key].loader(data_dir)
     path = Path(key).expanduser()
+    if path.exists():
+        text = load_text_path(path)
+        if text is not None:
+            return text
     if path.is_dir():
         return load_image_folder(path)
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return load_npz(path)
-        raise FewlabelError(f"{path}: unsupported file type '{path.suffix}'; use an image folder or an .npz file")
+        raise FewlabelError(f"{path}: unsupported file type '{path.suffix}'; use an image folder, .npz, .csv, "
+                            ".tsv, .jsonl or a folder of <class>/*.txt")
     names = ", ".join(sorted(_REGISTRY))
     raise FewlabelError(
         f"dataset '{key}' is neither a registered name ({names}) nor an existing path; check the spelling or path"

@@ -58,7 +58,8 @@ class LabelRequest:
     def __str__(self) -> str:
         if self.per_class is not None:
             return f"{self.per_class}/class"
-        return f"{self.fraction:g}"
+        text = f"{self.fraction:g}"
+        return text if "." in text or "e" in text else f"{text}.0"  # "1.0", not "1"
 
     @property
     def slug(self) -> str:

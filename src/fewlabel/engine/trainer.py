@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import CSVLogger
 from fewlabel.engine.run import LOGGER_NAME, RunFolder
 
 log = logging.getLogger(LOGGER_NAME)
+epoch_log = logging.getLogger(f"{LOGGER_NAME}.epochs")  # its own name, so a console can hide epoch lines
 
 
 def auto_precision() -> str:
@@ -36,7 +37,7 @@ class EpochLog(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         shown = " ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith("_step"))
-        log.info("epoch %d/%d %s (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, shown,
+        epoch_log.info("epoch %d/%d %s (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, shown,
                  time.perf_counter() - self.started)
 
 
