@@ -209,3 +209,20 @@ def test_finetune_errors(args: list[str], fragment: str, tmp_path: Path, capsys:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_scheduled_learning_rates_follow_layer_decay() -> None:
+    from fewlabel.engine.classification import OptimConfig, optimizer_with_schedule
+
+    model = tiny_model()
+    plan = apply_strategy(model, "finetune", layer_decay=0.5)
+    optim = OptimConfig(optimizer="adamw", lr=1e-3, warmup_fraction=0.1)
+    config = optimizer_with_schedule(plan.param_groups, optim, total_steps=100)
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    scheduler.step_update(num_updates=50)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    head_lr = lrs["head"]
+    assert 0 < head_lr < 1e-3  # past warm-up, partway down the cosine
+    for group in optimizer.param_groups:
+        assert group["lr"] == pytest.approx(head_lr * group["lr_scale"])
+    assert lrs["stage0:conv1"] == pytest.approx(head_lr * 0.5**5)

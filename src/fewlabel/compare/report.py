@@ -112,8 +112,8 @@ def _plots(table: dict[str, Any], folder: Path) -> list[Path]:
             s = summarize(values)
             xs.append(sum(counts) / len(counts))
             means.append(s.mean * 100)
-            lows.append(s.low * 100)
-            highs.append(s.high * 100)
+            lows.append(max(0.0, s.low * 100))  # accuracy is bounded; t intervals of 2 seeds are not
+            highs.append(min(100.0, s.high * 100))
         if not xs:
             continue
         colour = colours.get(_row_family(row))

@@ -33,6 +33,21 @@ class OptimConfig:
     label_smoothing: float = 0.0
 
 
+def optimizer_with_schedule(params: Any, optim: OptimConfig, total_steps: int) -> dict[str, Any]:
+    """A timm optimiser plus per-step linear warm-up and cosine decay, in Lightning's return format.
+
+    Parameter groups may carry timm's ``lr_scale`` (layer-wise decay); the scheduler honours it.
+    """
+    extra = {"momentum": optim.momentum} if optim.optimizer in ("sgd", "nesterov", "lars") else {}
+    optimizer = create_optimizer_v2(params, opt=optim.optimizer, lr=optim.lr, weight_decay=optim.weight_decay,
+                                    **extra)
+    total = max(1, total_steps)
+    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=optim.lr * optim.min_lr_ratio,
+                                  warmup_t=int(total * optim.warmup_fraction), warmup_lr_init=optim.lr * 0.01,
+                                  t_in_epochs=False)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
 class ClassificationModule(L.LightningModule):
     def __init__(
         self,
@@ -108,23 +123,7 @@ class ClassificationModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         params = self.param_groups if self.param_groups is not None else self.model
-        optimizer = create_optimizer_v2(
-            params,
-            opt=self.optim.optimizer,
-            lr=self.optim.lr,
-            weight_decay=self.optim.weight_decay,
-            **({"momentum": self.optim.momentum} if self.optim.optimizer in ("sgd", "nesterov", "lars") else {}),
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = CosineLRScheduler(
-            optimizer,
-            t_initial=total,
-            lr_min=self.optim.lr * self.optim.min_lr_ratio,
-            warmup_t=int(total * self.optim.warmup_fraction),
-            warmup_lr_init=self.optim.lr * 0.01,
-            t_in_epochs=False,
-        )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_with_schedule(params, self.optim, int(self.trainer.estimated_stepping_batches))
 
     def lr_scheduler_step(self, scheduler: CosineLRScheduler, metric: Any) -> None:
         scheduler.step_update(num_updates=self.global_step)

@@ -9,11 +9,10 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from fewlabel.engine.classification import OptimConfig
+from fewlabel.engine.classification import OptimConfig, optimizer_with_schedule
 from fewlabel.engine.run import LOGGER_NAME
 from fewlabel.evaluate.features import extract_features
 from fewlabel.evaluate.probes import accuracy, collapse_warning, knn_predict, representation_health
@@ -57,18 +56,8 @@ class PretrainModule(L.LightningModule):
         self.method.on_train_step_end(self.global_step - 1, max_steps)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = create_optimizer_v2(
-            self.method.optimizer_groups(),
-            opt=self.optim.optimizer,
-            lr=self.optim.lr,
-            weight_decay=self.optim.weight_decay,
-            **({"momentum": self.optim.momentum} if self.optim.optimizer in ("sgd", "nesterov", "lars") else {}),
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=self.optim.lr * self.optim.min_lr_ratio,
-                                      warmup_t=int(total * self.optim.warmup_fraction),
-                                      warmup_lr_init=self.optim.lr * 0.01, t_in_epochs=False)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer_with_schedule(self.method.optimizer_groups(), self.optim,
+                                       int(self.trainer.estimated_stepping_batches))
 
     def lr_scheduler_step(self, scheduler: CosineLRScheduler, metric: Any) -> None:
         scheduler.step_update(num_updates=self.global_step)
