@@ -22,6 +22,10 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
                         help="labelled share of the training pool: 0.01, 0.1, 1.0, 10%% or 10/class (default 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, initialisation and augmentation")
     parser.add_argument("--split", default=None, help="reuse the exact split of an earlier run (its folder)")
+    parser.add_argument("--text-column", default=None, help="text tables: column holding the text")
+    parser.add_argument("--label-column", default=None, help="text tables: column holding the label")
+    parser.add_argument("--group-column", default=None,
+                        help="text tables: column whose groups never straddle train and test (e.g. movie)")
     parser.add_argument("--full-validation", action="store_true",
                         help="validate on the whole validation split instead of one scaled to the label budget")
 
@@ -59,6 +63,11 @@ def _budget(args: argparse.Namespace):
                   devices=devices, num_nodes=args.num_nodes, precision=args.precision)
 
 
+def _columns(args: argparse.Namespace) -> dict[str, str]:
+    named = {"text": args.text_column, "label": args.label_column, "group": args.group_column}
+    return {k: v for k, v in named.items() if v}
+
+
 def _positive_int(text: str, flag: str) -> int:
     try:
         value = int(text)
@@ -76,7 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.lr <= 0:
         raise FewlabelError(f"--lr {args.lr} is impossible; give a positive learning rate")
     config = SupervisedConfig(
-        data=args.data, data_dir=args.data_dir, labels=args.labels, augment=args.augment, backbone=args.backbone,
+        data=args.data, data_dir=args.data_dir, columns=_columns(args), labels=args.labels, augment=args.augment,
+        backbone=args.backbone,
         width=args.width, seed=args.seed, split=args.split, full_validation=args.full_validation,
         optim=OptimConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                           label_smoothing=args.label_smoothing),
@@ -225,6 +235,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         optim = OptimConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                             warmup_fraction=args.warmup)
     config = TransferConfig(backbone=args.backbone, strategy=args.strategy, data=args.data, data_dir=args.data_dir,
+                            columns=_columns(args),
                             labels=args.labels, seed=args.seed, split=args.split,
                             full_validation=args.full_validation, image_size=args.image_size, trainable=trainable,
                             layer_decay=args.layer_decay, l2sp=args.l2sp, head=args.head, augment=args.augment,
@@ -291,8 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="supervised training from scratch with an augmentation policy")
     _add_data_flags(train)
-    train.add_argument("--augment", default="standard", choices=POLICIES, help="augmentation policy")
-    train.add_argument("--backbone", default="resnet_small", help="backbone name (see `fewlabel backbones`)")
+    from fewlabel.augment.text import POLICIES as TEXT_POLICIES
+
+    train.add_argument("--augment", default="standard", choices=sorted(set(POLICIES) | set(TEXT_POLICIES)),
+                       help="augmentation policy: images " + ", ".join(POLICIES) + "; text " +
+                       ", ".join(TEXT_POLICIES) + " (default: standard for images, none for text)")
+    train.add_argument("--backbone", default="resnet_small",
+                       help="backbone name (see `fewlabel backbones`); text: bilstm (default) or bigru")
     train.add_argument("--width", type=int, default=None, help="width of small-image backbones")
     _add_optim_flags(train, lr=0.05, optimizer="sgd", weight_decay=5e-4)
     _add_budget_flags(train)

@@ -45,6 +45,7 @@ class TransferConfig:
     strategy: str = "feature-extract"
     data: str = "digits"
     data_dir: str | None = None
+    columns: dict[str, str] = field(default_factory=dict)  # text tables: {"text": ..., "label": ..., "group": ...}
     labels: str = "1.0"
     seed: int = 0
     split: str | None = None
@@ -83,15 +84,23 @@ def finetune(config: TransferConfig) -> RunResult:
     if config.head not in ("linear", "logreg"):
         raise FewlabelError(f"--head {config.head!r}: choose linear or logreg")
     request = LabelRequest.parse(config.labels)
-    dataset = load_dataset(config.data, config.data_dir)
-    if dataset.modality != "image":
-        raise FewlabelError(f"'{dataset.name}' is a {dataset.modality} dataset; image backbones need images")
+    dataset = load_dataset(config.data, config.data_dir, config.columns)
     split = prepare_split(dataset, config.seed, config.split)
     split.check_request(request, dataset.labels)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    backbone = prepare_backbone(config.backbone, dataset, config.image_size)
-    channels = dataset.image_shape[0]
-    model = Classifier(backbone, dataset.num_classes, data_channels=channels)
+    collate = extractor = None
+    if dataset.modality == "text":
+        from fewlabel.engine.data import PairCollator
+        from fewlabel.models.text import TextClassifier, TextCollator, load_text_backbone
+
+        source = "minilm" if config.backbone == TransferConfig.backbone else config.backbone
+        backbone, tokenizer = load_text_backbone(source)
+        model = TextClassifier(backbone, dataset.num_classes)
+        collate = PairCollator(TextCollator(tokenizer, max_length=backbone.input_spec.max_length))
+        extractor = _text_extractor(backbone, TextCollator(tokenizer, backbone.input_spec.max_length), dataset)
+    else:
+        backbone = prepare_backbone(config.backbone, dataset, config.image_size)
+        model = Classifier(backbone, dataset.num_classes, data_channels=dataset.image_shape[0])
     plan = apply_strategy(model, config.strategy, list(config.trainable), config.layer_decay, config.l2sp)
     optim = config.optim or STRATEGY_OPTIM[config.strategy]
 
@@ -104,28 +113,56 @@ def finetune(config: TransferConfig) -> RunResult:
         run.write_config({"command": "finetune", **asdict(config), "optim": asdict(optim),
                           "dataset": dataset.summary(), "input_spec": backbone.input_spec.to_dict(),
                           "backbone_stages": backbone.stages, "transfer": plan.record, "param_groups": groups})
-        log.info("%s of %s at %d px: %d trainable / %d frozen parameters", config.strategy, backbone.name,
-                 backbone.input_spec.size[0], plan.record["trainable_parameters"], plan.record["frozen_parameters"])
-        extra = {"transfer": plan.record, "param_groups": groups, "image_size": backbone.input_spec.size[0]}
+        log.info("%s of %s: %d trainable / %d frozen parameters", config.strategy, backbone.name,
+                 plan.record["trainable_parameters"], plan.record["frozen_parameters"])
+        extra: dict[str, Any] = {"transfer": plan.record, "param_groups": groups}
+        if dataset.modality == "image":
+            extra["image_size"] = backbone.input_spec.size[0]
         if config.strategy == "feature-extract":
-            metrics = _fit_on_cached_features(model, dataset, split, request, config, optim, extra)
+            metrics = _fit_on_cached_features(model, dataset, split, request, config, optim, extra, extractor)
             run.write_metrics(metrics)
         else:
-            policy = build_policy(config.augment, dataset.image_shape[1:], dataset.num_classes,
-                                  flip=dataset.flip_invariant)
+            policy = _policy(config, dataset)
             metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run,
                                      seed=config.seed, param_groups=plan.param_groups,
                                      frozen_eval_modules=plan.frozen_eval_modules, regularizer=plan.regularizer,
                                      full_validation=config.full_validation, extra_metrics=extra,
-                                     model_meta={"backbone": config.backbone, "strategy": config.strategy})
+                                     model_meta={"backbone": config.backbone, "strategy": config.strategy},
+                                     train_collate=collate, eval_collate=collate)
         log.info("test accuracy %.4f (macro-F1 %.4f)", metrics["test_accuracy"], metrics["macro_f1"])
     finally:
         run.detach_log(handler)
     return RunResult(str(run.path), metrics)
 
 
+def _policy(config: TransferConfig, dataset: Dataset):
+    if dataset.modality == "text":
+        from fewlabel.augment.supervised import AugmentationPolicy
+        from fewlabel.augment.text import build_text_policy
+
+        name = "none" if config.augment == TransferConfig.augment else config.augment
+        return AugmentationPolicy(name, None if name == "none" else build_text_policy(name, rng=config.seed), None)
+    return build_policy(config.augment, dataset.image_shape[1:], dataset.num_classes, flip=dataset.flip_invariant)
+
+
+def _text_extractor(backbone, collate, dataset: Dataset):
+    """Features of text samples: tokenise in batches, run the frozen encoder, mean-pool."""
+
+    @torch.no_grad()
+    def extract(indices: np.ndarray) -> torch.Tensor:
+        was_training = backbone.training
+        backbone.eval()
+        chunks = [backbone(collate([dataset.samples[i] for i in indices[start : start + 128]])).float()
+                  for start in range(0, len(indices), 128)]
+        backbone.train(was_training)
+        return torch.cat(chunks) if chunks else torch.zeros(0, backbone.embed_dim)
+
+    return extract
+
+
 def _fit_on_cached_features(model: Classifier, dataset: Dataset, split: LabelSplit, request: LabelRequest,
-                            config: TransferConfig, optim: OptimConfig, extra: dict[str, Any]) -> dict[str, Any]:
+                            config: TransferConfig, optim: OptimConfig, extra: dict[str, Any],
+                            extractor=None) -> dict[str, Any]:
     """Feature extraction: features computed once (cached), then a linear head or logistic regression."""
     labels = dataset.labels
     train_idx = split.labelled(request, labels)
@@ -134,7 +171,7 @@ def _fit_on_cached_features(model: Classifier, dataset: Dataset, split: LabelSpl
     cache_hits = 0
     feats = {}
     for part, idx in (("train", train_idx), ("val", val_idx), ("test", split.test)):
-        feats[part], hit = cached_features(model.backbone, dataset, idx)
+        feats[part], hit = cached_features(model.backbone, dataset, idx, extractor=extractor)
         cache_hits += int(hit)
     feature_seconds = time.perf_counter() - started
     fit_started = time.perf_counter()

@@ -41,14 +41,17 @@ register_dataset("fashion-mnist", load_fashion_mnist, "Fashion-MNIST, 28x28 grey
 register_text_datasets(register_dataset)
 
 
-def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None) -> Dataset:
-    """Load a registered dataset by name, or a dataset by path (image folder or ``.npz``)."""
+def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None,
+                 columns: dict[str, str] | None = None) -> Dataset:
+    """Load a registered dataset by name, or a dataset by path: an image folder, ``.npz``, a text table
+    (``.csv``/``.tsv``/``.jsonl``, optionally compressed; ``columns`` names its text/label/group columns) or a
+    folder of ``<class>/*.txt``."""
     key = str(name_or_path)
     if key in _REGISTRY:
         return _REGISTRY[key].loader(data_dir)
     path = Path(key).expanduser()
     if path.exists():
-        text = load_text_path(path)
+        text = load_text_path(path, columns)
         if text is not None:
             return text
     if path.is_dir():

@@ -429,14 +429,19 @@ def _folder_is_text(root: Path) -> bool:
     return found_text
 
 
-def load_text_path(path: str | os.PathLike) -> Dataset | None:
+def load_text_path(path: str | os.PathLike, columns: dict[str, str] | None = None) -> Dataset | None:
     """Load a text dataset from a table file or a folder of class folders of .txt files.
 
+    ``columns`` may name the ``text``, ``label`` and ``group`` columns of a table (else they are detected).
     Returns ``None`` when ``path`` is not a text format, so the caller can fall back to image loaders.
     """
     path = Path(path).expanduser()
+    columns = columns or {}
     if path.is_file():
-        return load_text_table(path) if _table_format(path) is not None else None
+        if _table_format(path) is None:
+            return None
+        return load_text_table(path, text_column=columns.get("text"), label_column=columns.get("label"),
+                               group_column=columns.get("group"))
     if path.is_dir() and _folder_is_text(path):
         return load_text_folder(path)
     return None

@@ -82,8 +82,9 @@ class ClassificationModule(L.LightningModule):
         for module in self.frozen_eval_modules:
             module.eval()
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        size = len(y)
         if self.batch_transform is not None:
             x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
             x, y = self.batch_transform(x, y)
@@ -91,20 +92,20 @@ class ClassificationModule(L.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.optim.label_smoothing)
         if self.regularizer is not None:
             penalty = self.regularizer()
-            self.log("regularizer", penalty, on_step=False, on_epoch=True, batch_size=x.shape[0])
+            self.log("regularizer", penalty, on_step=False, on_epoch=True, batch_size=size)
             loss = loss + penalty
-        self.samples_seen += x.shape[0]
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.samples_seen += size
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
         self.val_acc.update(logits, y)
-        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=x.shape[0], sync_dist=True)
-        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=x.shape[0])
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, batch_size=len(y), sync_dist=True)
+        self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x)
         self.test_acc.update(logits, y)

@@ -54,14 +54,29 @@ def auto_batch_size(num_samples: int, maximum: int = 256) -> int:
 
 
 def make_loader(
-    dataset: Dataset, batch_size: int, shuffle: bool, workers: int, drop_last: bool = False
+    dataset: Dataset, batch_size: int, shuffle: bool, workers: int, drop_last: bool = False,
+    collate_fn: Callable | None = None,
 ) -> DataLoader:
     return DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=shuffle,
+        collate_fn=collate_fn,
         num_workers=workers,
         persistent_workers=workers > 0,
         drop_last=drop_last and len(dataset) > batch_size,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+class PairCollator:
+    """Adapts a collator that returns a dict with ``labels`` (text) to the ``(inputs, labels)`` pairs the
+    training modules take, so images and text share one training loop."""
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, items):
+        batch = self.collate(items)
+        labels = batch.pop("labels")
+        return batch, labels

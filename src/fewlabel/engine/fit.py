@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,6 +74,8 @@ def fit_classifier(
     model_meta: dict[str, Any] | None = None,
     regularizer: nn.Module | None = None,
     extra_metrics: dict[str, Any] | None = None,
+    train_collate: Callable | None = None,
+    eval_collate: Callable | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on the labelled subset of ``split``, keep the best validation epoch, test it.
 
@@ -92,12 +95,15 @@ def fit_classifier(
     val_every = max(1, epochs // 25)
 
     train_loader = make_loader(IndexedSamples(dataset.samples, train_idx, labels, policy.sample_transform),
-                               batch_size, shuffle=True, workers=workers, drop_last=True)
-    eval_batch = max(batch_size, 512)
-    val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, labels), eval_batch, False, 0)
-    test_loader = make_loader(IndexedSamples(dataset.samples, test_idx, labels), eval_batch, False, 0)
+                               batch_size, shuffle=True, workers=workers, drop_last=True, collate_fn=train_collate)
+    eval_batch = max(batch_size, 512 if dataset.modality == "image" else 128)
+    val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, labels), eval_batch, False, 0,
+                             collate_fn=eval_collate)
+    test_loader = make_loader(IndexedSamples(dataset.samples, test_idx, labels), eval_batch, False, 0,
+                              collate_fn=eval_collate)
 
-    model = model.to(memory_format=torch.channels_last)
+    if dataset.modality == "image":
+        model = model.to(memory_format=torch.channels_last)
     module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
                                   frozen_eval_modules, regularizer)
     trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=max(2, patience // val_every),

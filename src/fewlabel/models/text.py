@@ -174,6 +174,9 @@ def load_text_backbone(source: str | os.PathLike, max_length: int = 128,
         raise FewlabelError(f"text backbone folder {path} does not exist")
     else:
         where, name, on_hub = key, key, True
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar per run is noise in logs and compare output
     try:
         model = AutoModel.from_pretrained(where)
         tokenizer = AutoTokenizer.from_pretrained(where)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ log = logging.getLogger(LOGGER_NAME)
 
 
 def backbone_digest(backbone: Backbone) -> str:
-    digest = hashlib.sha256(repr(backbone.input_spec).encode())
+    digest = hashlib.sha256(repr(getattr(backbone, "input_spec", None)).encode())
     for name, tensor in sorted(backbone.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -39,8 +40,10 @@ def feature_key(backbone: Backbone, dataset: Dataset, indices: np.ndarray) -> st
 
 
 def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, folder: Path | None = None,
-                    batch_size: int = 256) -> tuple[torch.Tensor, bool]:
-    """(features, whether they came from the cache)."""
+                    batch_size: int = 256,
+                    extractor: Callable[[np.ndarray], torch.Tensor] | None = None) -> tuple[torch.Tensor, bool]:
+    """(features, whether they came from the cache). ``extractor`` computes features of indices for
+    non-image data (e.g. text through its tokenizer); images use :func:`extract_features`."""
     folder = folder or cache_dir() / "features"
     path = folder / f"{feature_key(backbone, dataset, indices)}.pt"
     if path.is_file():
@@ -48,7 +51,10 @@ def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, f
             return torch.load(path, weights_only=True), True
         except (OSError, RuntimeError, EOFError):
             log.warning("feature cache %s is unreadable; recomputing", path)
-    features = extract_features(backbone, dataset.samples, indices, batch_size=batch_size)
+    if extractor is not None:
+        features = extractor(indices)
+    else:
+        features = extract_features(backbone, dataset.samples, indices, batch_size=batch_size)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(features, tmp)

@@ -1,0 +1,86 @@
+"""Text through the same core: BiLSTM from scratch and HF-encoder transfer with every strategy, on tiny data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import BertConfig, BertModel
+
+from fewlabel.cli import main
+from fewlabel.models.text import train_wordpiece_tokenizer
+
+POSITIVE = ["a wonderful heartfelt film", "great acting and a lovely story", "brilliant funny and warm",
+            "a joy to watch", "superb and moving", "delightful clever fun"]
+NEGATIVE = ["a dull boring mess", "terrible acting and a weak plot", "tedious and flat", "a waste of time",
+            "awful lifeless script", "clumsy dreary failure"]
+
+
+@pytest.fixture
+def reviews_csv(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(160):
+        positive = i % 2 == 0
+        words = list(rng.choice(POSITIVE if positive else NEGATIVE, size=2))
+        rows.append({"review": " and ".join(words), "sentiment": "pos" if positive else "neg", "movie": f"m{i // 4}"})
+    path = tmp_path / "reviews.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["review", "sentiment", "movie"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tiny_encoder(tmp_path: Path) -> Path:
+    folder = tmp_path / "tiny-bert"
+    tokenizer = train_wordpiece_tokenizer(POSITIVE + NEGATIVE, vocab_size=200, min_frequency=1)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_bilstm_from_scratch_with_text_augmentation(reviews_csv: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert main(["-q", "train", "--data", str(reviews_csv), "--labels", "0.5", "--augment", "deletion",
+                 "--epochs", "3", "--workers", "0", "--group-column", "movie", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_class_accuracy"]) == {"neg", "pos"}
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("strategy", "extra"), [("feature-extract", []), ("finetune", []),
+                                                 ("partial", ["--trainable", "encoder.layer.1"])])
+def test_text_transfer_strategies(strategy: str, extra: list[str], reviews_csv: Path, tiny_encoder: Path,
+                                  tmp_path: Path) -> None:
+    out = tmp_path / strategy
+    assert main(["-q", "finetune", "--backbone", str(tiny_encoder), "--strategy", strategy, "--data",
+                 str(reviews_csv), "--labels", "0.5", "--epochs", "2", "--workers", "0", *extra,
+                 "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    record = metrics["transfer"]
+    if strategy == "feature-extract":
+        assert record["trainable_parameters"] == 32 * 2 + 2
+    elif strategy == "partial":
+        assert 0 < record["trainable_parameters"] < record["trainable_parameters"] + record["frozen_parameters"]
+        assert record["trainable_stages"] == ["encoder.layer.1"]
+    else:
+        assert record["frozen_parameters"] == 0
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_text_dataset_split_keeps_groups_apart(reviews_csv: Path) -> None:
+    from fewlabel.data import load_dataset, make_split
+
+    dataset = load_dataset(str(reviews_csv), columns={"group": "movie"})
+    assert dataset.modality == "text" and dataset.groups is not None
+    split = make_split(dataset, seed=0)
+    assert not set(dataset.groups[split.test]) & set(dataset.groups[split.pool])
