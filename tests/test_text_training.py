@@ -84,3 +84,36 @@ def test_text_dataset_split_keeps_groups_apart(reviews_csv: Path) -> None:
     assert dataset.modality == "text" and dataset.groups is not None
     split = make_split(dataset, seed=0)
     assert not set(dataset.groups[split.test]) & set(dataset.groups[split.pool])
+
+
+@pytest.mark.parametrize("method", ["mlm", "clm"])
+def test_text_pretraining_exports_a_model_finetune_accepts(method: str, reviews_csv: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    pre = tmp_path / method
+    tiny = ["--option", "hidden_size=32", "--option", "num_layers=2", "--option", "num_heads=2",
+            "--option", "vocab_size=300"]
+    assert main(["-q", "pretrain", "--method", method, "--data", str(reviews_csv), "--epochs", "1",
+                 "--batch-size", "16", *tiny, "--out", str(pre)]) == 0
+    metrics = json.loads((pre / "metrics.json").read_text())
+    assert metrics["final_loss"] > 0 and metrics["pool_size"] > 0
+    assert (pre / "export" / "config.json").is_file() and (pre / "export" / "tokenizer.json").is_file()
+    out = tmp_path / f"{method}-ft"
+    assert main(["-q", "finetune", "--backbone", str(pre / "export"), "--strategy", "finetune", "--data",
+                 str(reviews_csv), "--labels", "0.5", "--epochs", "1", "--workers", "0", "--out", str(out)]) == 0
+    assert 0.0 <= json.loads((out / "metrics.json").read_text())["test_accuracy"] <= 1.0
+
+
+def test_domain_adaptive_pretraining_continues_a_pretrained_encoder(reviews_csv: Path, tiny_encoder: Path,
+                                                                   tmp_path: Path) -> None:
+    from transformers import BertForMaskedLM
+
+    BertForMaskedLM.from_pretrained(tiny_encoder).save_pretrained(tiny_encoder)  # give the folder an MLM head
+    out = tmp_path / "dapt"
+    assert main(["-q", "pretrain", "--method", "mlm", "--backbone", str(tiny_encoder), "--data", str(reviews_csv),
+                 "--epochs", "1", "--batch-size", "16", "--out", str(out)]) == 0
+    assert (out / "export" / "model.safetensors").is_file()
+
+
+def test_text_method_on_images_is_an_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["pretrain", "--method", "mlm", "--data", "digits", "--runs-dir", str(tmp_path)]) == 2
+    assert "needs text" in capsys.readouterr().err

@@ -317,12 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     from fewlabel.methods.registry import METHODS
 
     pre = sub.add_parser("pretrain", help="self-supervised pretraining on the unlabelled pool, then export")
-    pre.add_argument("--method", default="simclr", choices=list(METHODS), help="self-supervised method")
+    pre.add_argument("--method", default="simclr", choices=[*METHODS, "mlm", "clm"],
+                     help="self-supervised method: images simclr/moco/byol/dino, text mlm/clm")
     pre.add_argument("--data", default="digits", help="registered dataset name or a path")
     pre.add_argument("--data-dir", default=None, help="folder holding named datasets")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--split", default=None, help="reuse the split of an earlier run")
-    pre.add_argument("--backbone", default="resnet_small")
+    pre.add_argument("--backbone", default="resnet_small",
+                     help="images: a backbone name; text: small (new model) or minilm / a HF folder (continue)")
     pre.add_argument("--width", type=int, default=None)
     pre.add_argument("--views", default="auto", choices=["auto", "batched", "per-sample"],
                      help="batched tensor augmentation (fast) or per-sample torchvision views")

@@ -79,8 +79,15 @@ def _view_generator(method_views: str, mode: str, channels: int, size: int, mean
     return None, BatchedTwoViewAugment(channels, size, mean, std, flip=flip)
 
 
+TEXT_METHODS = ("mlm", "clm")
+
+
 def pretrain(config: PretrainConfig, resume: str | None = None) -> RunResult:
     """Pretrain ``config.backbone`` with ``config.method`` on the unlabelled pool and export it."""
+    if config.method in TEXT_METHODS:
+        dataset = load_dataset(config.data, config.data_dir)
+        split = prepare_split(dataset, config.seed, config.split)
+        return pretrain_text(dataset, split, config)
     if config.method not in METHODS:
         raise FewlabelError(f"unknown method '{config.method}'; choose one of {', '.join(METHODS)}")
     if config.views not in ("auto", "batched", "per-sample"):
@@ -278,3 +285,83 @@ def _finetune(backbone, dataset: Dataset, split: LabelSplit, request: LabelReque
     return {"protocol": "finetune", "test_accuracy": metrics["test_accuracy"], "labelled": metrics["split"]["labelled"],
             "test": metrics["split"]["test"], "seconds": metrics["train_seconds"], "backbone": str(config.backbone),
             "dataset": dataset.name, "labels": str(request), "run_dir": str(run.path)}
+
+
+def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -> RunResult:
+    """Masked-LM (``mlm``, 80/10/10 dynamic masking) or next-token (``clm``) pretraining on the pool's text.
+
+    ``config.backbone`` picks the model: ``small`` (default for text) builds a small BERT (mlm) or GPT-2 (clm)
+    from a config with a WordPiece tokenizer trained on the pool's text; an existing model folder or ``minilm``
+    continues pretraining that model on the user's text (domain-adaptive pretraining, mlm only). The export
+    folder is a Hugging Face model + tokenizer that ``fewlabel finetune --backbone <run>/export`` accepts.
+    """
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    from fewlabel.engine.language_modeling import LanguageModelingModule
+    from fewlabel.methods.text_pretraining import (
+        CausalLMCollator,
+        MaskedLMCollator,
+        build_small_decoder,
+        build_small_encoder,
+    )
+    from fewlabel.models.text import load_text_backbone, train_wordpiece_tokenizer
+
+    if dataset.modality != "text":
+        raise FewlabelError(f"--method {config.method} needs text; '{dataset.name}' is a {dataset.modality} dataset")
+    texts = [dataset.samples[i] for i in split.pool]  # the pool's text; its labels are never read
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    options = dict(config.method_options)
+    source = "small" if config.backbone in (PretrainConfig.backbone, "small") else config.backbone
+    max_length = int(options.pop("max_length", 128))
+    if source == "small":
+        tokenizer = train_wordpiece_tokenizer(texts, vocab_size=int(options.pop("vocab_size", 8000)))
+        size = {k: int(options.pop(k)) for k in ("hidden_size", "num_layers", "num_heads") if k in options}
+        builder = build_small_encoder if config.method == "mlm" else build_small_decoder
+        model = builder(len(tokenizer), max_length=max(max_length, 64), **size)
+    else:
+        if config.method != "mlm":
+            raise FewlabelError("continued pretraining of an existing model is supported for --method mlm")
+        encoder, _ = load_text_backbone(source)
+        folder = encoder.input_spec.tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForMaskedLM.from_pretrained(folder)
+    if options:
+        raise FewlabelError(f"unknown option(s) {', '.join(options)} for text pretraining; valid: max_length, "
+                            "vocab_size, hidden_size, num_layers, num_heads")
+    collate = (MaskedLMCollator(tokenizer, max_length=max_length) if config.method == "mlm"
+               else CausalLMCollator(tokenizer, max_length=max_length))
+    optim = config.optim or OptimConfig(optimizer="adamw", lr=5e-4 if source == "small" else 5e-5,
+                                        weight_decay=0.01, warmup_fraction=0.06)
+    name = f"pretrain-{config.method}-{dataset.name}-{Path(source).name}-s{config.seed}"
+    run = RunFolder.create(config.out, name, base=config.runs_dir)
+    handler = run.attach_log()
+    try:
+        split.save(run.path / "split.npz")
+        run.write_config({"command": "pretrain", **asdict(config), "optim": asdict(optim), "source": source,
+                          "dataset": dataset.summary(), "texts": len(texts)})
+        batch_size = config.batch_size or 32
+        loader = make_loader(texts, batch_size, shuffle=True, workers=0, drop_last=True, collate_fn=collate)
+        module = LanguageModelingModule(model.train(), optim)  # from_pretrained returns eval mode
+        trainer = build_trainer(run, max_epochs=config.epochs, monitor=None, accelerator=config.budget.accelerator,
+                                devices=config.budget.devices, num_nodes=config.budget.num_nodes,
+                                precision=config.budget.precision, max_minutes=config.budget.max_minutes,
+                                progress=config.budget.progress)
+        log.info("%s pretraining of %s on %d texts, batch %d, %d epochs", config.method, source, len(texts),
+                 batch_size, config.epochs)
+        started = time.perf_counter()
+        trainer.fit(module, loader)
+        seconds = time.perf_counter() - started
+        metrics = {"method": config.method, "pretrain_seconds": round(seconds, 3),
+                   "samples_per_second": round(module.samples_seen / seconds, 1) if seconds > 0 else None,
+                   "epochs": trainer.current_epoch, "batch_size": batch_size, "pool_size": len(texts),
+                   "final_loss": float(trainer.callback_metrics.get("lm_loss_epoch", float("nan"))),
+                   "monitor": [], "warnings": []}
+        if trainer.is_global_zero:
+            export = run.path / "export"
+            model.save_pretrained(export)
+            tokenizer.save_pretrained(export)
+            run.write_metrics(metrics)
+        log.info("text pretraining done in %.1f s; model exported to %s", seconds, run.path / "export")
+    finally:
+        run.detach_log(handler)
+    return RunResult(str(run.path), metrics)

@@ -104,6 +104,7 @@ def fit_classifier(
 
     if dataset.modality == "image":
         model = model.to(memory_format=torch.channels_last)
+    model.train()  # Hugging Face's from_pretrained returns eval mode (dropout off); Lightning keeps modes as found
     module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
                                   frozen_eval_modules, regularizer)
     trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=max(2, patience // val_every),
