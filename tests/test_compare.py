@@ -142,3 +142,14 @@ def test_compare_on_an_unseen_npz_dataset(tmp_path: Path, capsys: pytest.Capture
     results = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]
     assert len(results) == 2 and all(r["test_accuracy"] is not None for r in results)
     assert (out / "report.html").is_file() and "1 runs done, 1 reused" in capsys.readouterr().out
+
+
+def test_text_grid_uses_text_variants() -> None:
+    from fewlabel.compare.grid import DEFAULT_BACKBONES
+
+    jobs = build_grid("rotten-tomatoes", ["0.1"], 1, ["supervised", "transfer", "selfsupervised"],
+                      BUDGETS["medium"], list(DEFAULT_BACKBONES["text"]), modality="text")
+    variants = {(j.approach, j.variant) for j in jobs}
+    assert ("supervised", "none") in variants and ("supervised", "eda") in variants
+    assert ("pretrain", "mlm") in variants and ("transfer", "finetune@minilm") in variants
+    assert all(j.settings["modality"] == "text" for j in jobs)

@@ -117,3 +117,16 @@ def test_domain_adaptive_pretraining_continues_a_pretrained_encoder(reviews_csv:
 def test_text_method_on_images_is_an_error(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["pretrain", "--method", "mlm", "--data", "digits", "--runs-dir", str(tmp_path)]) == 2
     assert "needs text" in capsys.readouterr().err
+
+
+def test_compare_runs_end_to_end_on_text(reviews_csv: Path, tiny_encoder: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cmp"
+    assert main(["-q", "compare", "--data", str(reviews_csv), "--labels", "0.5", "--seeds", "1",
+                 "--backbones", str(tiny_encoder), "--out", str(out)]) == 0
+    results = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]
+    approaches = {r["job"]["approach"] for r in results}
+    assert approaches == {"supervised", "transfer", "pretrain", "probe"}
+    assert all(r["test_accuracy"] is not None for r in results if r["job"]["approach"] != "pretrain")
+    md = (out / "report.md").read_text()
+    assert "self-supervised: mlm+linear" in md and "supervised: none" in md

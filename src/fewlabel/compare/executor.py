@@ -76,14 +76,22 @@ def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
                                           labels=job.labels, seed=job.seed, trainable=trainable, budget=budget,
                                           out=out)).metrics
     elif job.approach == "pretrain":
-        config = PretrainConfig(method=job.variant, data=job.data, data_dir=s["data_dir"], width=s["width"],
-                                seed=job.seed, epochs=s["epochs"], budget=Budget(progress=False), out=out)
+        text = s.get("modality") == "text"
+        config = PretrainConfig(method=job.variant, data=job.data, data_dir=s["data_dir"],
+                                width=None if text else s["width"], seed=job.seed, epochs=s["epochs"],
+                                budget=Budget(progress=False, max_minutes=s.get("max_minutes")), out=out)
         metrics = pretrain(config).metrics
         metrics["test_accuracy"] = None
     elif job.approach == "probe":
         pre_dir = str(store.runs / job.depends_on)
         protocol = s["protocol"]
-        if protocol == "finetune":
+        if s.get("modality") == "text":  # text exports are model folders: probe them as transfer backbones
+            strategy = "finetune" if protocol == "finetune" else "feature-extract"
+            budget = replace(TRANSFER_BUDGET, epochs=s["epochs"], progress=False)
+            metrics = finetune(TransferConfig(backbone=f"{pre_dir}/export", strategy=strategy, data=job.data,
+                                              data_dir=s["data_dir"], labels=job.labels, seed=job.seed,
+                                              split=pre_dir, budget=budget, out=out)).metrics
+        elif protocol == "finetune":
             budget = replace(TRANSFER_BUDGET, epochs=s["epochs"], progress=False)
             metrics = finetune(TransferConfig(backbone=pre_dir, strategy="finetune", data=job.data,
                                               data_dir=s["data_dir"], labels=job.labels, seed=job.seed,

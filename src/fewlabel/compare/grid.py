@@ -66,20 +66,38 @@ class Job:
         return f"{names.get(self.approach, self.approach)}: {self.variant}"
 
 
+# The same budget for text: augmentation policies, pretrained encoders and pretext tasks of that modality.
+TEXT_POLICIES = {"standard": "none", "randaugment": "eda", "mixup": "deletion"}
+TEXT_METHODS = ("mlm",)
+DEFAULT_BACKBONES = {"image": ("efficientnet_lite0",), "text": ("minilm",)}
+
+
+def for_modality(budget: BudgetPreset, modality: str) -> BudgetPreset:
+    """The preset's variants translated to ``modality`` (image presets are written for images)."""
+    if modality != "text":
+        return budget
+    from dataclasses import replace
+
+    return replace(budget, policies=tuple(TEXT_POLICIES[p] for p in budget.policies), methods=TEXT_METHODS,
+                   strategies=tuple(s for s in budget.strategies if s != "partial") or ("feature-extract",))
+
+
 def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], budget: BudgetPreset,
-               backbones: list[str], data_dir: str | None = None) -> list[Job]:
+               backbones: list[str], data_dir: str | None = None, modality: str = "image") -> list[Job]:
     unknown = sorted(set(approaches) - set(APPROACHES))
     if unknown:
         raise FewlabelError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
     if seeds < 1:
         raise FewlabelError(f"--seeds {seeds}: need at least one seed")
-    common = {"data_dir": data_dir, "budget": budget.name}
+    budget = for_modality(budget, modality)
+    common = {"data_dir": data_dir, "budget": budget.name, "modality": modality}
     jobs: list[Job] = []
     for seed in range(seeds):
         if "selfsupervised" in approaches:
             for method in budget.methods:
                 pre = Job("pretrain", method, data, None, seed,
-                          {**common, "epochs": budget.pretrain_epochs, "width": budget.width})
+                          {**common, "epochs": budget.pretrain_epochs, "width": budget.width,
+                           "max_minutes": budget.max_minutes})
                 jobs.append(pre)
                 for fraction in labels:
                     for probe in budget.probes:

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from fewlabel.compare.executor import ResultStore, execute
-from fewlabel.compare.grid import APPROACHES, BUDGETS, build_grid
+from fewlabel.compare.grid import APPROACHES, BUDGETS, DEFAULT_BACKBONES, build_grid, for_modality
 from fewlabel.compare.report import write_report
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest
@@ -28,7 +28,7 @@ class CompareConfig:
     seeds: int = 3
     approaches: tuple[str, ...] = APPROACHES
     budget: str = "small"
-    backbones: tuple[str, ...] = ("efficientnet_lite0",)
+    backbones: tuple[str, ...] = ()  # default: EfficientNet-Lite0 for images, MiniLM for text
     out: str = "compare"
     max_jobs: int | None = None
 
@@ -40,8 +40,9 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     requests = [LabelRequest.parse(f) for f in config.labels]
     dataset = load_dataset(config.data, config.data_dir)  # fail fast, before any job starts
     budget = BUDGETS[config.budget]
+    backbones = list(config.backbones) or list(DEFAULT_BACKBONES[dataset.modality])
     jobs = build_grid(config.data, [str(r) for r in requests], config.seeds, list(config.approaches), budget,
-                      list(config.backbones), config.data_dir)
+                      backbones, config.data_dir, modality=dataset.modality)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     run = RunFolder(out)
@@ -53,7 +54,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         store = ResultStore(out)
         ran, skipped = execute(jobs, store, limit=config.max_jobs)
         html = write_report(store.all_results(), out, f"fewlabel compare: {dataset.name}",
-                            setup=_setup(config, dataset, budget))
+                            setup=_setup(config, dataset, for_modality(budget, dataset.modality), backbones))
     finally:
         run.detach_log(handler)
     return {"jobs": len(jobs), "ran": ran, "skipped": skipped, "report_html": str(html),
@@ -72,15 +73,17 @@ def report_only(folder: str | Path) -> Path:
     return write_report(results, folder, f"fewlabel compare: {raw.get('data', folder.name)}", setup=setup)
 
 
-def _setup(config: CompareConfig, dataset, budget) -> dict[str, Any]:
+def _setup(config: CompareConfig, dataset, budget, backbones: list[str]) -> dict[str, Any]:
     return {
         "data": f"{dataset.name} ({len(dataset)} samples, {dataset.num_classes} classes; {dataset.source})",
         "label fractions": ", ".join(config.labels),
         "seeds": config.seeds,
         "budget": (f"{budget.name}: supervised {budget.supervised_steps} steps (>= {budget.supervised_min_epochs} "
                    f"epochs, width {budget.width}), transfer {budget.transfer_epochs} epochs, pretraining "
-                   f"{budget.pretrain_epochs} epochs, cap {budget.max_minutes} min/run"),
+                   f"{budget.pretrain_epochs} epochs, cap {budget.max_minutes} min/run; policies "
+                   f"{', '.join(budget.policies)}; strategies {', '.join(budget.strategies)}; methods "
+                   f"{', '.join(budget.methods)} + {', '.join(budget.probes)}"),
         "approaches": ", ".join(config.approaches),
-        "pretrained backbones": ", ".join(config.backbones),
+        "pretrained backbones": ", ".join(backbones),
         "splits": "the same nested, stratified split per seed for every approach; test split fixed across seeds",
     }
