@@ -128,3 +128,22 @@ def test_digits_full_labels_reach_95_percent(tmp_path: Path, capsys: pytest.Capt
                           "--out", str(tmp_path / "full")], capsys)
     assert code == 0
     assert json.loads((tmp_path / "full" / "metrics.json").read_text())["test_accuracy"] >= 0.95
+
+
+def test_cli_names_match_the_registries() -> None:
+    from fewlabel import names
+    from fewlabel.augment.supervised import POLICIES
+    from fewlabel.augment.text import POLICIES as TEXT
+    from fewlabel.compare.grid import BUDGETS
+    from fewlabel.methods.registry import METHODS
+    from fewlabel.transfer.strategies import STRATEGIES
+
+    assert tuple(METHODS) == names.IMAGE_METHODS
+    assert POLICIES == names.IMAGE_POLICIES and TEXT == names.TEXT_POLICIES
+    assert STRATEGIES == names.STRATEGIES and tuple(BUDGETS) == names.BUDGET_NAMES
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys\nfrom fewlabel.cli import build_parser\nbuild_parser()\nprint('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr

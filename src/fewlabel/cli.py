@@ -263,7 +263,17 @@ def cmd_rank_backbones(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from fewlabel import __version__
-    from fewlabel.augment.supervised import POLICIES
+    from fewlabel.names import (
+        APPROACHES,
+        BUDGET_NAMES,
+        IMAGE_METHODS,
+        IMAGE_POLICIES,
+        STRATEGIES,
+        TEXT_METHODS,
+        TEXT_POLICIES,
+    )
+
+    POLICIES = IMAGE_POLICIES
 
     parser = argparse.ArgumentParser(prog="fewlabel", description="Learn well when labels are scarce.")
     parser.add_argument("--version", action="version", version=f"fewlabel {__version__}")
@@ -274,8 +284,6 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="fewlabel-demo", help="folder for runs, results and the report")
     demo.set_defaults(func=cmd_demo)
 
-    from fewlabel.compare.grid import APPROACHES, BUDGETS
-
     cmp_ = sub.add_parser("compare", help="all approaches x label fractions x seeds, with a report")
     cmp_.add_argument("--data", default="digits", help="registered dataset name or a path")
     cmp_.add_argument("--data-dir", default=None)
@@ -283,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--seeds", type=int, default=3)
     cmp_.add_argument("--approaches", default=",".join(APPROACHES), help="comma-separated subset of " +
                       ", ".join(APPROACHES))
-    cmp_.add_argument("--budget", default="small", choices=list(BUDGETS))
+    cmp_.add_argument("--budget", default="small", choices=list(BUDGET_NAMES))
     cmp_.add_argument("--backbones", default="efficientnet_lite0", help="pretrained backbones for transfer")
     cmp_.add_argument("--out", default="compare", help="folder; rerunning resumes and reuses finished runs")
     cmp_.add_argument("--max-jobs", type=int, default=None, help="stop after this many new runs")
@@ -302,8 +310,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="supervised training from scratch with an augmentation policy")
     _add_data_flags(train)
-    from fewlabel.augment.text import POLICIES as TEXT_POLICIES
-
     train.add_argument("--augment", default="standard", choices=sorted(set(POLICIES) | set(TEXT_POLICIES)),
                        help="augmentation policy: images " + ", ".join(POLICIES) + "; text " +
                        ", ".join(TEXT_POLICIES) + " (default: standard for images, none for text)")
@@ -314,10 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget_flags(train)
     train.set_defaults(func=cmd_train)
 
-    from fewlabel.methods.registry import METHODS
-
     pre = sub.add_parser("pretrain", help="self-supervised pretraining on the unlabelled pool, then export")
-    pre.add_argument("--method", default="simclr", choices=[*METHODS, "mlm", "clm"],
+    pre.add_argument("--method", default="simclr", choices=[*IMAGE_METHODS, *TEXT_METHODS],
                      help="self-supervised method: images simclr/moco/byol/dino, text mlm/clm")
     pre.add_argument("--data", default="digits", help="registered dataset name or a path")
     pre.add_argument("--data-dir", default=None, help="folder holding named datasets")
@@ -334,8 +338,6 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--resume", default=None, help="continue a pretraining run folder from its last checkpoint")
     _add_budget_flags(pre)
     pre.set_defaults(func=cmd_pretrain)
-
-    from fewlabel.transfer.strategies import STRATEGIES
 
     ft = sub.add_parser("finetune", help="transfer learning from a pretrained backbone with one of three strategies")
     _add_data_flags(ft)

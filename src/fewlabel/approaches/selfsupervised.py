@@ -34,6 +34,7 @@ from fewlabel.evaluate.probes import accuracy, knn_predict, linear_probe, repres
 from fewlabel.methods.registry import METHODS, create_method
 from fewlabel.models.backbones import BackboneSpec, create_backbone
 from fewlabel.models.export import load_backbone, save_backbone
+from fewlabel.names import TEXT_METHODS
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -79,7 +80,6 @@ def _view_generator(method_views: str, mode: str, channels: int, size: int, mean
     return None, BatchedTwoViewAugment(channels, size, mean, std, flip=flip)
 
 
-TEXT_METHODS = ("mlm", "clm")
 
 
 def pretrain(config: PretrainConfig, resume: str | None = None) -> RunResult:

@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from fewlabel.errors import FewlabelError
+from fewlabel.names import IMAGE_POLICIES
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
 
-POLICIES = ("none", "standard", "autoaugment", "randaugment", "mixup", "cutmix")
+POLICIES = IMAGE_POLICIES
 
 BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from fewlabel.errors import FewlabelError
+from fewlabel.names import TEXT_POLICIES
 
-POLICIES = ("none", "deletion", "swap", "synonym", "eda")
+POLICIES = TEXT_POLICIES
 WORDNET_INSTALL = "pip install nltk && python -m nltk.downloader wordnet"
 
 # EDA's stop words: never replaced by synonyms (their "synonyms" rarely keep the meaning).

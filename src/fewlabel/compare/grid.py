@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fewlabel.errors import FewlabelError
-
-APPROACHES = ("supervised", "transfer", "selfsupervised")
+from fewlabel.names import APPROACHES
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class Job:
 
 # The same budget for text: augmentation policies, pretrained encoders and pretext tasks of that modality.
 TEXT_POLICIES = {"standard": "none", "randaugment": "eda", "mixup": "deletion"}
-TEXT_METHODS = ("mlm",)
+TEXT_PRETEXT = ("mlm",)  # the text pretext task compare runs
 DEFAULT_BACKBONES = {"image": ("efficientnet_lite0",), "text": ("minilm",)}
 
 
@@ -78,7 +77,7 @@ def for_modality(budget: BudgetPreset, modality: str) -> BudgetPreset:
         return budget
     from dataclasses import replace
 
-    return replace(budget, policies=tuple(TEXT_POLICIES[p] for p in budget.policies), methods=TEXT_METHODS,
+    return replace(budget, policies=tuple(TEXT_POLICIES[p] for p in budget.policies), methods=TEXT_PRETEXT,
                    strategies=tuple(s for s in budget.strategies if s != "partial") or ("feature-extract",))
 
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from fewlabel.errors import FewlabelError
 from fewlabel.models.backbones import Classifier
+from fewlabel.names import STRATEGIES
 
-STRATEGIES = ("feature-extract", "finetune", "partial")
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 

@@ -1,0 +1,12 @@
+"""The names users type, in one import-light module so `fewlabel --help` does not load torch.
+
+Each registry defines its names from here; tests check they agree with what the registries hold.
+"""
+
+IMAGE_POLICIES = ("none", "standard", "autoaugment", "randaugment", "mixup", "cutmix")
+TEXT_POLICIES = ("none", "deletion", "swap", "synonym", "eda")
+IMAGE_METHODS = ("simclr", "moco", "byol", "dino")
+TEXT_METHODS = ("mlm", "clm")
+STRATEGIES = ("feature-extract", "finetune", "partial")
+APPROACHES = ("supervised", "transfer", "selfsupervised")
+BUDGET_NAMES = ("small", "medium", "large")
