@@ -34,7 +34,7 @@ class BudgetPreset:
 
 
 BUDGETS = {
-    "small": BudgetPreset("small", 200, 8, 3, 4, ("standard",), ("feature-extract",), ("simclr",), ("linear",), 16,
+    "small": BudgetPreset("small", 400, 10, 3, 15, ("standard",), ("feature-extract",), ("simclr",), ("linear",), 16,
                           5.0),
     "medium": BudgetPreset("medium", 1000, 15, 8, 30, ("standard", "randaugment"), ("feature-extract", "finetune"),
                            ("simclr", "byol"), ("linear", "finetune"), 16, 30.0),
