@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and the final result")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="compare all approaches on the embedded digits (small budget, ~5 min CPU)")
+    demo = sub.add_parser("demo", help="compare every approach on the embedded digits (~2 min on 2 cores)")
     demo.add_argument("--out", default="fewlabel-demo", help="folder for runs, results and the report")
     demo.set_defaults(func=cmd_demo)
 
