@@ -13,7 +13,7 @@ from typing import Any
 
 from fewlabel.compare.grid import Job
 from fewlabel.engine.fit import Budget
-from fewlabel.engine.run import LOGGER_NAME, _atomic_write
+from fewlabel.engine.run import LOGGER_NAME, atomic_write
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -33,7 +33,7 @@ class ResultStore:
         return json.loads((self.results / f"{job.key()}.json").read_text())
 
     def save(self, job: Job, result: dict[str, Any]) -> None:
-        _atomic_write(self.results / f"{job.key()}.json",
+        atomic_write(self.results / f"{job.key()}.json",
                       json.dumps({"job": asdict(job), "key": job.key(), **result}, indent=2) + "\n")
 
     def all_results(self) -> list[dict[str, Any]]:

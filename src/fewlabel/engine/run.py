@@ -28,7 +28,7 @@ from fewlabel.errors import FewlabelError
 LOGGER_NAME = "fewlabel"
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
     """Write through a temporary file + rename so an interrupted run never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
@@ -87,11 +87,11 @@ class RunFolder:
         from fewlabel import __version__
 
         versions = {"fewlabel": __version__, "torch": str(torch.__version__), "python": platform.python_version()}
-        _atomic_write(self.path / "config.yaml", yaml.safe_dump({**_jsonable(config), "versions": versions},
+        atomic_write(self.path / "config.yaml", yaml.safe_dump({**_jsonable(config), "versions": versions},
                                                                  sort_keys=False))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        _atomic_write(self.path / "metrics.json", json.dumps(_jsonable(metrics), indent=2) + "\n")
+        atomic_write(self.path / "metrics.json", json.dumps(_jsonable(metrics), indent=2) + "\n")
 
     def read_metrics(self) -> dict[str, Any]:
         return json.loads((self.path / "metrics.json").read_text())

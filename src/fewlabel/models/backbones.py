@@ -68,7 +68,7 @@ class Backbone(nn.Module):
 _STAGE_CONTAINERS = ("blocks", "stages", "layers", "features")
 
 
-def _stages_with_parameters(body: nn.Module) -> list[str]:
+def stages_with_parameters(body: nn.Module) -> list[str]:
     """Children that own parameters, in forward order: the natural 'stages' of a timm model.
 
     Containers of stages (EfficientNet's ``blocks``, ConvNeXt's ``stages``, ViT's ``blocks``) are opened one
@@ -119,7 +119,7 @@ def _small_builder(layers: tuple[int, ...], default_width: int) -> BackboneBuild
         width = spec.width or default_width
         body = small_resnet(spec.in_chans, width, layers)
         input_spec = InputSpec(channels=spec.in_chans, mean=(0.5,) * spec.in_chans, std=(0.5,) * spec.in_chans)
-        return Backbone(body, body.num_features, _stages_with_parameters(body), input_spec, spec.name)
+        return Backbone(body, body.num_features, stages_with_parameters(body), input_spec, spec.name)
 
     return build
 
@@ -144,7 +144,7 @@ def _timm_backbone(spec: BackboneSpec, model_name: str) -> Backbone:
     if len(mean) != channels:
         mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
     input_spec = InputSpec(channels=channels, mean=mean, std=std)
-    return Backbone(body, body.num_features, _stages_with_parameters(body), input_spec, spec.name)
+    return Backbone(body, body.num_features, stages_with_parameters(body), input_spec, spec.name)
 
 
 def create_backbone(spec: BackboneSpec | str, **overrides) -> Backbone:

@@ -18,7 +18,7 @@ from pathlib import Path
 import timm
 
 from fewlabel.errors import FewlabelError
-from fewlabel.models.backbones import Backbone, InputSpec, _stages_with_parameters
+from fewlabel.models.backbones import Backbone, InputSpec, stages_with_parameters
 from fewlabel.models.weights import apply_state_dict, load_state_dict_file
 
 HEAD_KEYS = ("fc", "classifier", "head", "head.fc", "last_linear")
@@ -44,7 +44,7 @@ def parse_source(source: str) -> PretrainedSource:
 
 
 def _wrap(body, name: str, input_spec: InputSpec) -> Backbone:
-    return Backbone(body, body.num_features, _stages_with_parameters(body), input_spec, name)
+    return Backbone(body, body.num_features, stages_with_parameters(body), input_spec, name)
 
 
 def _spec_from_cfg(config: dict, size: int | None) -> InputSpec:
