@@ -17,8 +17,11 @@ class CellStore:
         self.data["machine"] = {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
                                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
+    def find(self, **key: Any) -> dict[str, Any] | None:
+        return next((c for c in self.data["cells"] if all(c.get(k) == v for k, v in key.items())), None)
+
     def done(self, **key: Any) -> bool:
-        return any(all(c.get(k) == v for k, v in key.items()) for c in self.data["cells"])
+        return self.find(**key) is not None
 
     def run(self, key: dict[str, Any], work: Callable[[], dict[str, Any]]) -> None:
         if self.done(**key):

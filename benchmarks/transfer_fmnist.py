@@ -12,6 +12,7 @@ import argparse
 import time
 from dataclasses import replace
 
+import torch
 from _cells import CellStore
 
 from fewlabel.approaches.transfer import TRANSFER_BUDGET, TransferConfig, finetune
@@ -45,7 +46,9 @@ def main() -> None:
                 return {"test_accuracy": m["test_accuracy"], "macro_f1": m["macro_f1"],
                         "labelled": m["split"]["labelled"], "train_seconds": m["train_seconds"],
                         "wall_seconds": round(time.perf_counter() - started, 1), "image_size": m["image_size"],
-                        "trainable_parameters": m["transfer"]["trainable_parameters"]}
+                        "trainable_parameters": m["transfer"]["trainable_parameters"],
+                        "epochs_run": m.get("epochs_run"), "batches_per_epoch": m.get("batches_per_epoch"),
+                        "threads": torch.get_num_threads()}
 
             store.run({"labels": fraction, "strategy": strategy, "seed": args.seed, "backbone": args.backbone}, work)
 

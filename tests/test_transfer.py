@@ -13,6 +13,7 @@ from scipy.stats import multivariate_normal
 from fewlabel.cli import main
 from fewlabel.data import load_dataset
 from fewlabel.errors import FewlabelError
+from fewlabel.evaluate.features import extract_features
 from fewlabel.models import BackboneSpec, Classifier, create_backbone
 from fewlabel.models.export import save_backbone
 from fewlabel.models.pretrained import load_pretrained
@@ -47,6 +48,17 @@ def test_partial_trains_exactly_the_named_stages() -> None:
     frozen_bn = {id(m) for m in plan.frozen_eval_modules}
     assert id(model.backbone.body.bn1) in frozen_bn  # frozen stem BatchNorm stays in eval mode
     assert id(model.backbone.body.layer3[0].bn1) not in frozen_bn
+
+
+def test_partial_last_n_stages_matches_the_named_stages() -> None:
+    by_name, by_count = tiny_model(), tiny_model()
+    apply_strategy(by_name, "partial", trainable=["layer2", "layer3"])
+    plan = apply_strategy(by_count, "partial", trainable=["last:2"])
+    assert trainable_names(by_count) == trainable_names(by_name)
+    assert plan.record["trainable_stages"] == ["layer2", "layer3"]
+    for bad in ("last:0", "last:9", "last:x"):
+        with pytest.raises(FewlabelError, match="last:N with N from 1 to 5"):
+            apply_strategy(tiny_model(), "partial", trainable=[bad])
 
 
 def test_partial_pattern_that_matches_nothing_is_an_error() -> None:
@@ -93,8 +105,19 @@ def test_feature_cache_hits_and_invalidates(tmp_path: Path) -> None:
     first, hit = cached_features(backbone, dataset, idx, folder=tmp_path)
     again, hit_again = cached_features(backbone, dataset, idx, folder=tmp_path)
     assert not hit and hit_again and torch.equal(first, again)
-    _, other_idx = cached_features(backbone, dataset, np.arange(1, 51), folder=tmp_path)
-    assert not other_idx  # other data, other key
+    asked: list[np.ndarray] = []
+
+    def counting(indices: np.ndarray) -> torch.Tensor:
+        asked.append(indices)
+        return extract_features(backbone, dataset.samples, indices)
+
+    overlap, overlap_hit = cached_features(backbone, dataset, np.arange(40, 60), folder=tmp_path, extractor=counting)
+    assert not overlap_hit and [a.tolist() for a in asked] == [list(range(50, 60))]  # only the missing rows
+    assert torch.allclose(overlap[:10], first[40:], atol=1e-5)
+    assert torch.allclose(overlap, extract_features(backbone, dataset.samples, np.arange(40, 60)), atol=1e-5)
+    (next(tmp_path.glob("*/done.npy"))).write_bytes(b"garbage")  # a damaged cache is rebuilt, never trusted
+    rebuilt, rebuilt_hit = cached_features(backbone, dataset, idx, folder=tmp_path)
+    assert not rebuilt_hit and torch.allclose(rebuilt, first, atol=1e-5)
     with torch.no_grad():
         backbone.body.conv1.weight.mul_(2.0)
     changed, hit_changed = cached_features(backbone, dataset, idx, folder=tmp_path)
@@ -226,3 +249,26 @@ def test_scheduled_learning_rates_follow_layer_decay() -> None:
     for group in optimizer.param_groups:
         assert group["lr"] == pytest.approx(head_lr * group["lr_scale"])
     assert lrs["stage0:conv1"] == pytest.approx(head_lr * 0.5**5)
+
+
+def test_step_cap_draws_random_batches_per_epoch() -> None:
+    from fewlabel.engine.fit import Budget
+
+    capped = Budget(target_steps=300, min_epochs=5, max_steps=300)
+    assert capped.batches_per_epoch(steps_per_epoch=16, epochs=capped.resolve_epochs(16)) is None  # 19 x 16 = 304
+    assert capped.batches_per_epoch(steps_per_epoch=843, epochs=5) == 60
+    assert capped.batches_per_epoch(steps_per_epoch=843, epochs=7) == 43  # ceil(300 / 7)
+    assert Budget().batches_per_epoch(steps_per_epoch=843, epochs=5) is None
+
+
+def test_finetune_records_the_capped_epoch_length(tiny_export: Path, tmp_path: Path) -> None:
+    from fewlabel.approaches.transfer import TransferConfig, finetune
+    from fewlabel.engine.fit import Budget
+
+    budget = Budget(epochs=2, max_steps=4, batch_size=16, workers=0, progress=False)
+    metrics = finetune(TransferConfig(backbone=str(tiny_export), strategy="finetune", data="digits", labels="0.5",
+                                      image_size=8, budget=budget, out=str(tmp_path / "run"))).metrics
+    assert metrics["batches_per_epoch"] == 2 and metrics["epochs_planned"] == 2
+    logged = (tmp_path / "run" / "logs" / "csv" / "metrics.csv").read_text().splitlines()
+    steps = [row.split(",")[1] for row in logged[1:]]
+    assert max(int(s) for s in steps if s) <= 4

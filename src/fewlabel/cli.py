@@ -224,7 +224,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     budget = _budget(args)
     budget = dataclasses.replace(budget, target_steps=TRANSFER_BUDGET.target_steps,
-                                 min_epochs=TRANSFER_BUDGET.min_epochs, max_epochs=TRANSFER_BUDGET.max_epochs)
+                                 min_epochs=TRANSFER_BUDGET.min_epochs, max_epochs=TRANSFER_BUDGET.max_epochs,
+                                 max_steps=TRANSFER_BUDGET.max_steps)
     trainable = tuple(t for t in (args.trainable or "").split(",") if t.strip())
     optim = None
     if args.lr is not None:
@@ -286,12 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp_ = sub.add_parser("compare", help="all approaches x label fractions x seeds, with a report")
     cmp_.add_argument("--data", default="digits", help="registered dataset name or a path")
-    cmp_.add_argument("--data-dir", default=None)
+    cmp_.add_argument("--data-dir", default=None, help="where named datasets live (default: $FEWLABEL_DATA)")
     cmp_.add_argument("--labels", default="0.01,0.1,1.0", help="comma-separated label budgets")
-    cmp_.add_argument("--seeds", type=int, default=3)
+    cmp_.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1; each gives its own split and runs")
     cmp_.add_argument("--approaches", default=",".join(APPROACHES), help="comma-separated subset of " +
                       ", ".join(APPROACHES))
-    cmp_.add_argument("--budget", default="small", choices=list(BUDGET_NAMES))
+    cmp_.add_argument("--budget", default="small", choices=list(BUDGET_NAMES),
+                      help="per-run budget preset (steps, epochs, variants, time cap), recorded in the report")
     cmp_.add_argument("--backbones", default="efficientnet_lite0", help="pretrained backbones for transfer")
     cmp_.add_argument("--out", default="compare", help="folder; rerunning resumes and reuses finished runs")
     cmp_.add_argument("--max-jobs", type=int, default=None, help="stop after this many new runs")
@@ -345,7 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="efficientnet_lite0 (offline ImageNet weights), a pretrain run folder, NAME@weights.pth, "
                     "or a timm name (hub)")
     ft.add_argument("--strategy", default="feature-extract", choices=STRATEGIES)
-    ft.add_argument("--trainable", default=None, help="partial: stages that train, e.g. layer4 or blocks.5,blocks.6")
+    ft.add_argument("--trainable", default=None,
+                    help="partial: stages that train, e.g. layer4, blocks.5,blocks.6 or last:2")
     ft.add_argument("--layer-decay", type=float, default=0.75, help="finetune: layer-wise learning-rate decay")
     ft.add_argument("--l2sp", type=float, default=0.0, help="finetune/partial: L2-SP strength toward pretrained")
     ft.add_argument("--head", default="linear", choices=["linear", "logreg"],
@@ -362,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank = sub.add_parser("rank-backbones", help="score candidate backbones (LogME, kNN) before fine-tuning")
     rank.add_argument("--backbones", required=True, help="comma-separated backbones (as for finetune)")
     rank.add_argument("--data", default="digits")
-    rank.add_argument("--data-dir", default=None)
+    rank.add_argument("--data-dir", default=None, help="where named datasets live (default: $FEWLABEL_DATA)")
     rank.add_argument("--labels", default="0.1")
     rank.add_argument("--seed", type=int, default=0)
     rank.add_argument("--image-size", type=int, default=None)
@@ -373,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--protocol", default="knn", choices=["knn", "linear", "finetune"])
     ev.add_argument("--labels", default="1.0", help="labelled share: 0.01, 0.1, 1.0 or N/class")
     ev.add_argument("--data", default=None, help="dataset (default: the one the backbone was pretrained on)")
-    ev.add_argument("--data-dir", default=None)
+    ev.add_argument("--data-dir", default=None, help="where named datasets live (default: $FEWLABEL_DATA)")
     ev.add_argument("--seed", type=int, default=None, help="split seed (default: the pretraining run's split)")
     ev.add_argument("--k", type=int, default=200, help="neighbours for kNN")
     ev.add_argument("--temperature", type=float, default=0.1, help="kNN temperature")

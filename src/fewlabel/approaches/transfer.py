@@ -36,7 +36,8 @@ STRATEGY_OPTIM = {
     "partial": OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_fraction=0.1),
 }
 # Pretrained networks converge in few epochs; the from-scratch default of 1,500 steps would waste hours on CPU.
-TRANSFER_BUDGET = Budget(target_steps=300, min_epochs=5, max_epochs=60)
+# About 300 optimiser steps at every label fraction: with many labels each epoch is a fresh random subset.
+TRANSFER_BUDGET = Budget(target_steps=300, min_epochs=5, max_epochs=60, max_steps=300)
 
 
 @dataclass(frozen=True)

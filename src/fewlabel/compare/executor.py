@@ -71,7 +71,9 @@ def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
     elif job.approach == "transfer":
         strategy, _, backbone = job.variant.partition("@")
         budget = replace(TRANSFER_BUDGET, epochs=s["epochs"], max_minutes=s["max_minutes"], progress=False)
-        trainable = ("blocks.5", "blocks.6", "conv_head", "bn2") if strategy == "partial" else ()
+        # partial: about the last third of the backbone (EfficientNet: blocks.5-6 + head conv; MiniLM: 2 layers)
+        partial = ("last:2",) if s.get("modality") == "text" else ("last:4",)
+        trainable = partial if strategy == "partial" else ()
         metrics = finetune(TransferConfig(backbone=backbone, strategy=strategy, data=job.data, data_dir=s["data_dir"],
                                           labels=job.labels, seed=job.seed, trainable=trainable, budget=budget,
                                           out=out)).metrics

@@ -34,6 +34,7 @@ class Budget:
     target_steps: int = 1500
     min_epochs: int = 15
     max_epochs: int = 300
+    max_steps: int | None = None
     batch_size: int | None = None
     patience: int | None = None
     max_minutes: float | None = None
@@ -50,6 +51,17 @@ class Budget:
             return self.epochs
         wanted = math.ceil(self.target_steps / max(1, steps_per_epoch))
         return int(min(self.max_epochs, max(self.min_epochs, wanted)))
+
+    def batches_per_epoch(self, steps_per_epoch: int, epochs: int) -> int | None:
+        """Cap each epoch so ``epochs`` epochs take about ``max_steps`` optimiser steps (``None``: no cap).
+
+        A large labelled set then sees a fresh random subset each epoch, so every label fraction gets the same
+        compute, and validation still runs ``epochs`` times to pick the best checkpoint.
+        """
+        if self.max_steps is None:
+            return None
+        cap = max(1, math.ceil(self.max_steps / epochs))
+        return cap if cap < steps_per_epoch else None
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -90,6 +102,7 @@ def fit_classifier(
     workers = budget.workers if budget.workers is not None else default_workers(policy.sample_transform is not None)
     steps_per_epoch = max(1, len(train_idx) // batch_size)
     epochs = budget.resolve_epochs(steps_per_epoch)
+    batches_per_epoch = budget.batches_per_epoch(steps_per_epoch, epochs)
     patience = budget.patience if budget.patience is not None else max(5, epochs // 4)
     # Tiny labelled sets need many short epochs; validating after every one would cost more than training.
     val_every = max(1, epochs // 25)
@@ -110,11 +123,13 @@ def fit_classifier(
     trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=max(2, patience // val_every),
                             check_val_every_n_epoch=val_every,
                             accelerator=budget.accelerator, devices=budget.devices, num_nodes=budget.num_nodes,
-                            precision=budget.precision, max_minutes=budget.max_minutes, progress=budget.progress)
+                            precision=budget.precision, max_minutes=budget.max_minutes, progress=budget.progress,
+                            **({"limit_train_batches": batches_per_epoch} if batches_per_epoch else {}))
     sizes = {"labelled": len(train_idx), "unlabelled": len(split.unlabelled(request, labels)),
              "val": len(val_idx), "test": len(test_idx)}
-    log.info("training on %d labelled examples (%s), batch %d, up to %d epochs, %d workers",
-             len(train_idx), request, batch_size, epochs, workers)
+    log.info("training on %d labelled examples (%s), batch %d, up to %d epochs%s, %d workers",
+             len(train_idx), request, batch_size, epochs,
+             f" of {batches_per_epoch} random batches" if batches_per_epoch else "", workers)
     started = time.perf_counter()
     trainer.fit(module, train_loader, val_loader)
     train_seconds = time.perf_counter() - started
@@ -133,6 +148,7 @@ def fit_classifier(
         "samples_per_second": round(module.samples_seen / train_seconds, 1) if train_seconds > 0 else None,
         "epochs_run": epochs_run,
         "epochs_planned": epochs,
+        "batches_per_epoch": batches_per_epoch or steps_per_epoch,
         "validate_every_epochs": val_every,
         "batch_size": batch_size,
         "parameters": count_parameters(model),

@@ -1,7 +1,9 @@
-"""Cached frozen features: computed once per (backbone weights, input spec, data, indices), reused after.
+"""Cached frozen features: each sample's features are computed once per (backbone weights, input spec, data).
 
-The key hashes the backbone's weights, so a different or re-trained backbone never reuses stale features,
-and the dataset fingerprint, so changed data never does either.
+The cache is one table per backbone and dataset with a row per sample, so every split, seed and label fraction
+reuses the rows already computed and extracts only the missing ones. The key hashes the backbone's weights, so
+a different or re-trained backbone never reuses stale features, and the dataset fingerprint, so changed data
+never does either.
 """
 
 from __future__ import annotations
@@ -31,32 +33,72 @@ def backbone_digest(backbone: Backbone) -> str:
     return digest.hexdigest()[:20]
 
 
-def feature_key(backbone: Backbone, dataset: Dataset, indices: np.ndarray) -> str:
+def feature_key(backbone: Backbone, dataset: Dataset) -> str:
     digest = hashlib.sha256()
     digest.update(backbone_digest(backbone).encode())
     digest.update(dataset.fingerprint().encode())
-    digest.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
     return digest.hexdigest()[:24]
+
+
+def _read_mask(path: Path, rows: int) -> np.ndarray:
+    """Which rows of the table hold computed features (all False when absent or unreadable)."""
+    try:
+        done = np.load(path)
+        if done.shape == (rows,) and done.dtype == bool:
+            return done
+    except (OSError, ValueError, EOFError):
+        pass
+    if path.exists():
+        log.warning("feature cache mask %s is unreadable; recomputing its rows", path)
+    return np.zeros(rows, dtype=bool)
+
+
+def _open_table(path: Path, rows: int, dim: int | None) -> np.memmap | None:
+    """The on-disk (rows, dim) float32 table, memory-mapped so large datasets never load whole into RAM."""
+    if path.is_file():
+        try:
+            table = np.load(path, mmap_mode="r+")
+            if table.shape[0] == rows and (dim is None or table.shape[1] == dim):
+                return table
+        except (OSError, ValueError, EOFError):
+            pass
+        log.warning("feature cache %s does not fit this data; rebuilding it", path)
+    if dim is None:
+        return None
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
 
 
 def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, folder: Path | None = None,
                     batch_size: int = 256,
                     extractor: Callable[[np.ndarray], torch.Tensor] | None = None) -> tuple[torch.Tensor, bool]:
-    """(features, whether they came from the cache). ``extractor`` computes features of indices for
-    non-image data (e.g. text through its tokenizer); images use :func:`extract_features`."""
-    folder = folder or cache_dir() / "features"
-    path = folder / f"{feature_key(backbone, dataset, indices)}.pt"
-    if path.is_file():
-        try:
-            return torch.load(path, weights_only=True), True
-        except (OSError, RuntimeError, EOFError):
-            log.warning("feature cache %s is unreadable; recomputing", path)
+    """(features of ``indices``, whether all came from the cache). ``extractor`` computes features of indices
+    for non-image data (e.g. text through its tokenizer); images use :func:`extract_features`."""
+    place = (folder or cache_dir() / "features") / feature_key(backbone, dataset)
+    rows = len(dataset.samples)
+    indices = np.asarray(indices, dtype=np.int64)
+    done = _read_mask(place / "done.npy", rows)
+    table = _open_table(place / "features.npy", rows, None) if done.any() else None
+    if table is None:
+        done[:] = False
+    missing = np.unique(indices[~done[indices]])
+    if len(missing) == 0 and table is not None:
+        return torch.from_numpy(np.array(table[indices])), True
     if extractor is not None:
-        features = extractor(indices)
+        computed = extractor(missing)
     else:
-        features = extract_features(backbone, dataset.samples, indices, batch_size=batch_size)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(features, tmp)
-    tmp.replace(path)
-    return features, False
+        computed = extract_features(backbone, dataset.samples, missing, batch_size=batch_size)
+    computed_np = computed.detach().cpu().float().numpy()
+    place.mkdir(parents=True, exist_ok=True)
+    if table is not None and table.shape[1] != computed_np.shape[1]:  # a table from other code: start afresh
+        del table
+        (place / "done.npy").unlink()
+        return cached_features(backbone, dataset, indices, folder, batch_size, extractor)
+    if table is None:
+        table = _open_table(place / "features.npy", rows, computed_np.shape[1])
+    table[missing] = computed_np
+    table.flush()  # rows first, then the mask that vouches for them: an interrupted write is only recomputed
+    done[missing] = True
+    tmp = place / "done.tmp.npy"
+    np.save(tmp, done)
+    tmp.replace(place / "done.npy")
+    return torch.from_numpy(np.array(table[indices])), False

@@ -78,12 +78,23 @@ def _frozen_norms(model: Classifier) -> list[nn.Module]:
 
 
 def match_stages(model: Classifier, patterns: list[str]) -> list[str]:
-    """Backbone stages (or parameter-name prefixes / globs) named by ``patterns``; unmatched pattern = error."""
+    """Backbone stages (or parameter-name prefixes / globs) named by ``patterns``; unmatched pattern = error.
+
+    ``last:N`` names the backbone's last N stages, so one setting suits any architecture.
+    """
     names = [n for n, _ in model.backbone.body.named_parameters()]
     matched: list[str] = []
     for pattern in patterns:
         pattern = pattern.strip()
         if pattern in ("head", "classifier_head"):
+            continue
+        if pattern.startswith("last:"):
+            count = pattern.removeprefix("last:")
+            stages = model.backbone.stages
+            if not count.isdigit() or not 1 <= int(count) <= len(stages):
+                raise FewlabelError(f"--trainable {pattern!r}: give last:N with N from 1 to {len(stages)} "
+                                    f"(stages: {', '.join(stages)})")
+            matched.extend(match_stages(model, stages[-int(count):]))
             continue
         hits = [n for n in names if n == pattern or n.startswith(pattern + ".") or fnmatch.fnmatch(n, pattern)]
         if not hits:
