@@ -181,7 +181,7 @@ def tiny_export(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("strategy", "extra"),
     [("feature-extract", []), ("feature-extract", ["--head", "logreg"]), ("partial", ["--trainable", "layer3"]),
-     ("finetune", ["--l2sp", "0.01"])],
+     ("finetune", ["--l2sp", "0.01"]), ("finetune", ["--weight-decay", "0.05"])],
 )
 def test_finetune_cli_strategies(strategy: str, extra: list[str], tiny_export: Path, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,8 +198,10 @@ def test_finetune_cli_strategies(strategy: str, extra: list[str], tiny_export: P
     elif strategy == "partial":
         assert 0 < record["frozen_parameters"] < total
     else:
-        assert record["frozen_parameters"] == 0 and record["l2sp"] == 0.01
+        assert record["frozen_parameters"] == 0 and record["l2sp"] == (0.01 if "--l2sp" in extra else 0.0)
     assert all("lr" in g for g in metrics["param_groups"])
+    if "--weight-decay" in extra:  # one override keeps the rest of the strategy's recipe
+        assert metrics["optim"]["weight_decay"] == 0.05 and metrics["optim"]["lr"] == 3e-4
     assert "test accuracy" in capsys.readouterr().out
 
 

@@ -125,7 +125,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     config = CompareConfig(data=args.data, data_dir=args.data_dir,
                            labels=tuple(x.strip() for x in args.labels.split(",") if x.strip()), seeds=args.seeds,
                            approaches=tuple(x.strip() for x in args.approaches.split(",") if x.strip()),
-                           budget=args.budget, backbones=tuple(x.strip() for x in args.backbones.split(",")),
+                           budget=args.budget,
+                           backbones=tuple(x.strip() for x in (args.backbones or "").split(",") if x.strip()),
                            out=args.out, max_jobs=args.max_jobs)
     _hide_epoch_lines()
     result = compare(config)
@@ -220,21 +221,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from fewlabel.approaches.transfer import TRANSFER_BUDGET, TransferConfig, finetune
+    from fewlabel.approaches.transfer import STRATEGY_OPTIM, TRANSFER_BUDGET, TransferConfig, finetune
 
     budget = _budget(args)
     budget = dataclasses.replace(budget, target_steps=TRANSFER_BUDGET.target_steps,
                                  min_epochs=TRANSFER_BUDGET.min_epochs, max_epochs=TRANSFER_BUDGET.max_epochs,
                                  max_steps=TRANSFER_BUDGET.max_steps)
     trainable = tuple(t for t in (args.trainable or "").split(",") if t.strip())
-    optim = None
-    if args.lr is not None:
-        from fewlabel.engine.classification import OptimConfig
-
-        if args.lr <= 0:
-            raise FewlabelError(f"--lr {args.lr} is impossible; give a positive learning rate")
-        optim = OptimConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                            warmup_fraction=args.warmup)
+    # The strategy's recipe, with whichever of its settings the user overrode.
+    overrides = {name: value for name, value in (("optimizer", args.optimizer), ("lr", args.lr),
+                                                 ("weight_decay", args.weight_decay),
+                                                 ("warmup_fraction", args.warmup)) if value is not None}
+    if args.lr is not None and args.lr <= 0:
+        raise FewlabelError(f"--lr {args.lr} is impossible; give a positive learning rate")
+    if args.warmup is not None and not 0.0 <= args.warmup < 1.0:
+        raise FewlabelError(f"--warmup {args.warmup} is impossible; give a share of the steps in [0, 1)")
+    optim = dataclasses.replace(STRATEGY_OPTIM[args.strategy], **overrides) if overrides else None
     config = TransferConfig(backbone=args.backbone, strategy=args.strategy, data=args.data, data_dir=args.data_dir,
                             columns=_columns(args),
                             labels=args.labels, seed=args.seed, split=args.split,
@@ -294,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                       ", ".join(APPROACHES))
     cmp_.add_argument("--budget", default="small", choices=list(BUDGET_NAMES),
                       help="per-run budget preset (steps, epochs, variants, time cap), recorded in the report")
-    cmp_.add_argument("--backbones", default="efficientnet_lite0", help="pretrained backbones for transfer")
+    cmp_.add_argument("--backbones", default=None,
+                      help="pretrained backbones for transfer (default: efficientnet_lite0; minilm for text)")
     cmp_.add_argument("--out", default="compare", help="folder; rerunning resumes and reuses finished runs")
     cmp_.add_argument("--max-jobs", type=int, default=None, help="stop after this many new runs")
     cmp_.set_defaults(func=cmd_compare)
@@ -355,10 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="feature-extract: linear head on cached features or logistic regression")
     ft.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained, <= 4x data)")
     ft.add_argument("--augment", default="standard", choices=POLICIES, help="augmentation for finetune/partial")
-    ft.add_argument("--optimizer", default="adamw")
+    ft.add_argument("--optimizer", default=None, help="timm optimiser name (default per strategy: adamw)")
     ft.add_argument("--lr", type=float, default=None, help="peak learning rate (default per strategy)")
-    ft.add_argument("--weight-decay", type=float, default=1e-4)
-    ft.add_argument("--warmup", type=float, default=0.1, help="warm-up share of the steps")
+    ft.add_argument("--weight-decay", type=float, default=None, help="weight decay (default per strategy)")
+    ft.add_argument("--warmup", type=float, default=None, help="warm-up share of the steps (default per strategy)")
     _add_budget_flags(ft)
     ft.set_defaults(func=cmd_finetune)
 
