@@ -267,10 +267,10 @@ def test_finetune_records_the_capped_epoch_length(tiny_export: Path, tmp_path: P
     from fewlabel.approaches.transfer import TransferConfig, finetune
     from fewlabel.engine.fit import Budget
 
-    budget = Budget(epochs=2, max_steps=4, batch_size=16, workers=0, progress=False)
+    budget = Budget(epochs=2, max_steps=4, max_batch_size=16, workers=0, progress=False)
     metrics = finetune(TransferConfig(backbone=str(tiny_export), strategy="finetune", data="digits", labels="0.5",
                                       image_size=8, budget=budget, out=str(tmp_path / "run"))).metrics
-    assert metrics["batches_per_epoch"] == 2 and metrics["epochs_planned"] == 2
+    assert metrics["batches_per_epoch"] == 2 and metrics["epochs_planned"] == 2 and metrics["batch_size"] == 16
     logged = (tmp_path / "run" / "logs" / "csv" / "metrics.csv").read_text().splitlines()
     steps = [row.split(",")[1] for row in logged[1:]]
     assert max(int(s) for s in steps if s) <= 4

@@ -226,7 +226,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     budget = _budget(args)
     budget = dataclasses.replace(budget, target_steps=TRANSFER_BUDGET.target_steps,
                                  min_epochs=TRANSFER_BUDGET.min_epochs, max_epochs=TRANSFER_BUDGET.max_epochs,
-                                 max_steps=TRANSFER_BUDGET.max_steps)
+                                 max_steps=TRANSFER_BUDGET.max_steps, max_batch_size=TRANSFER_BUDGET.max_batch_size)
     trainable = tuple(t for t in (args.trainable or "").split(",") if t.strip())
     # The strategy's recipe, with whichever of its settings the user overrode.
     overrides = {name: value for name, value in (("optimizer", args.optimizer), ("lr", args.lr),

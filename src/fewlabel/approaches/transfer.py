@@ -36,8 +36,9 @@ STRATEGY_OPTIM = {
     "partial": OptimConfig(optimizer="adamw", lr=1e-3, weight_decay=1e-4, warmup_fraction=0.1),
 }
 # Pretrained networks converge in few epochs; the from-scratch default of 1,500 steps would waste hours on CPU.
-# About 300 optimiser steps at every label fraction: with many labels each epoch is a fresh random subset.
-TRANSFER_BUDGET = Budget(target_steps=300, min_epochs=5, max_epochs=60, max_steps=300)
+# About 300 optimiser steps of at most 64 examples at every label fraction, so fine-tuning costs the same at
+# 1% and 100% labels; with many labels each epoch is a fresh random subset of batches.
+TRANSFER_BUDGET = Budget(target_steps=300, min_epochs=5, max_epochs=60, max_steps=300, max_batch_size=64)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class Budget:
     max_epochs: int = 300
     max_steps: int | None = None
     batch_size: int | None = None
+    max_batch_size: int = 256
     patience: int | None = None
     max_minutes: float | None = None
     workers: int | None = None
@@ -98,7 +99,7 @@ def fit_classifier(
     train_idx = split.labelled(request, labels)
     val_idx = split.validation(None if full_validation else request, labels)
     test_idx = split.test
-    batch_size = budget.batch_size or auto_batch_size(len(train_idx))
+    batch_size = budget.batch_size or auto_batch_size(len(train_idx), maximum=budget.max_batch_size)
     workers = budget.workers if budget.workers is not None else default_workers(policy.sample_transform is not None)
     steps_per_epoch = max(1, len(train_idx) // batch_size)
     epochs = budget.resolve_epochs(steps_per_epoch)
