@@ -51,3 +51,11 @@ def test_classifier_forward() -> None:
     model = Classifier(create_backbone("resnet_small", in_chans=1, width=8), num_classes=5, data_channels=1)
     logits = model(torch.randint(0, 255, (4, 1, 8, 8), dtype=torch.uint8))
     assert logits.shape == (4, 5)
+
+
+def test_resnet20_small_is_the_cifar_resnet20() -> None:
+    """3 stages x 3 basic blocks, widths 16/32/64: about 0.27M parameters, as in He et al. (2016)."""
+    backbone = create_backbone("resnet20_small", in_chans=3)
+    parameters = sum(p.numel() for p in backbone.parameters())
+    assert backbone.embed_dim == 64 and 260_000 < parameters < 290_000
+    assert backbone(torch.zeros(2, 3, 16, 16)).shape == (2, 64)

@@ -125,6 +125,7 @@ def _small_builder(layers: tuple[int, ...], default_width: int) -> BackboneBuild
 
 
 register_backbone("resnet_small", _small_builder((1, 1, 1), 32), "3-stage ResNet (1 block/stage), 3x3 stem, width 32")
+register_backbone("resnet20_small", _small_builder((3, 3, 3), 16), "CIFAR ResNet-20 (3 blocks/stage), width 16")
 register_backbone("resnet10_small", _small_builder((1, 1, 1, 1), 32), "4-stage ResNet-10, 3x3 stem, width 32")
 register_backbone("resnet18_small", _small_builder((2, 2, 2, 2), 64), "CIFAR-style ResNet-18, 3x3 stem, width 64")
 
