@@ -274,3 +274,26 @@ def test_finetune_records_the_capped_epoch_length(tiny_export: Path, tmp_path: P
     logged = (tmp_path / "run" / "logs" / "csv" / "metrics.csv").read_text().splitlines()
     steps = [row.split(",")[1] for row in logged[1:]]
     assert max(int(s) for s in steps if s) <= 4
+
+
+def test_feature_cache_keeps_rows_from_concurrent_writers(tmp_path: Path) -> None:
+    """Two commands filling the same cache at once: neither loses the other's rows or trusts missing ones."""
+    import threading
+    import time
+
+    dataset = load_dataset("digits")
+    backbone = create_backbone("resnet_small", in_chans=1, width=8).eval()
+
+    def slow(indices: np.ndarray) -> torch.Tensor:
+        time.sleep(0.2)  # both workers read the empty mask before either writes
+        return extract_features(backbone, dataset.samples, indices)
+
+    parts = [np.arange(0, 30), np.arange(30, 60)]
+    threads = [threading.Thread(target=cached_features, args=(backbone, dataset, part, tmp_path),
+                                kwargs={"extractor": slow}) for part in parts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    both, hit = cached_features(backbone, dataset, np.arange(60), folder=tmp_path)
+    assert hit and torch.allclose(both, extract_features(backbone, dataset.samples, np.arange(60)), atol=1e-5)

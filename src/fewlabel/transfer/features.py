@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +54,53 @@ def _read_mask(path: Path, rows: int) -> np.ndarray:
     return np.zeros(rows, dtype=bool)
 
 
-def _open_table(path: Path, rows: int, dim: int | None) -> np.memmap | None:
+def _open_table(path: Path, rows: int, dim: int) -> np.memmap | None:
     """The on-disk (rows, dim) float32 table, memory-mapped so large datasets never load whole into RAM."""
-    if path.is_file():
-        try:
-            table = np.load(path, mmap_mode="r+")
-            if table.shape[0] == rows and (dim is None or table.shape[1] == dim):
-                return table
-        except (OSError, ValueError, EOFError):
-            pass
-        log.warning("feature cache %s does not fit this data; rebuilding it", path)
-    if dim is None:
+    if not path.is_file():
         return None
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim))
+    try:
+        table = np.load(path, mmap_mode="r+")
+        if table.shape == (rows, dim) and table.dtype == np.float32:
+            return table
+    except (OSError, ValueError, EOFError):
+        pass
+    log.warning("feature cache %s does not fit this data; rebuilding it", path)
+    return None
+
+
+@contextmanager
+def _exclusive(place: Path) -> Iterator[None]:
+    """Serialise writers (e.g. two commands sharing the cache); readers need no lock, they trust the mask."""
+    place.mkdir(parents=True, exist_ok=True)
+    with open(place / "lock", "a+") as handle:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: one writer at a time is assumed
+            yield
+            return
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _store(place: Path, rows: int, missing: np.ndarray, computed: np.ndarray) -> tuple[np.memmap, np.ndarray]:
+    """Write computed rows, then the mask that vouches for them (an interrupted write is only recomputed)."""
+    with _exclusive(place):
+        done = _read_mask(place / "done.npy", rows)  # fresh: another process may have added rows meanwhile
+        table = _open_table(place / "features.npy", rows, computed.shape[1]) if done.any() else None
+        if table is None:
+            done[:] = False
+            table = np.lib.format.open_memmap(place / "features.npy", mode="w+", dtype=np.float32,
+                                              shape=(rows, computed.shape[1]))
+        table[missing] = computed
+        table.flush()
+        done[missing] = True
+        tmp = place / "done.tmp.npy"
+        np.save(tmp, done)
+        tmp.replace(place / "done.npy")
+    return table, done
 
 
 def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, folder: Path | None = None,
@@ -77,28 +112,19 @@ def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, f
     rows = len(dataset.samples)
     indices = np.asarray(indices, dtype=np.int64)
     done = _read_mask(place / "done.npy", rows)
-    table = _open_table(place / "features.npy", rows, None) if done.any() else None
-    if table is None:
-        done[:] = False
-    missing = np.unique(indices[~done[indices]])
-    if len(missing) == 0 and table is not None:
-        return torch.from_numpy(np.array(table[indices])), True
+    if done[indices].all() and len(indices):
+        try:
+            table = np.load(place / "features.npy", mmap_mode="r")
+            if table.shape[0] == rows and table.dtype == np.float32:
+                return torch.from_numpy(np.array(table[indices])), True
+        except (OSError, ValueError, EOFError):
+            pass
+    missing = np.unique(indices[~done[indices]]) if done.any() else np.unique(indices)
     if extractor is not None:
         computed = extractor(missing)
     else:
         computed = extract_features(backbone, dataset.samples, missing, batch_size=batch_size)
-    computed_np = computed.detach().cpu().float().numpy()
-    place.mkdir(parents=True, exist_ok=True)
-    if table is not None and table.shape[1] != computed_np.shape[1]:  # a table from other code: start afresh
-        del table
-        (place / "done.npy").unlink()
-        return cached_features(backbone, dataset, indices, folder, batch_size, extractor)
-    if table is None:
-        table = _open_table(place / "features.npy", rows, computed_np.shape[1])
-    table[missing] = computed_np
-    table.flush()  # rows first, then the mask that vouches for them: an interrupted write is only recomputed
-    done[missing] = True
-    tmp = place / "done.tmp.npy"
-    np.save(tmp, done)
-    tmp.replace(place / "done.npy")
+    table, done = _store(place, rows, missing, computed.detach().cpu().float().numpy())
+    if not done[indices].all():  # the table was rebuilt meanwhile: compute what it lost
+        return cached_features(backbone, dataset, indices, folder, batch_size, extractor)[0], False
     return torch.from_numpy(np.array(table[indices])), False
