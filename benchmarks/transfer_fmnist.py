@@ -9,8 +9,10 @@ Resumable. Usage (the command recorded in BENCHMARKS.md):
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from _cells import CellStore
@@ -29,6 +31,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default="benchmarks/results/transfer_fmnist.json")
     parser.add_argument("--runs-dir", default="benchmarks/results/runs")
+    parser.add_argument("--scratch", default="benchmarks/results/supervised_fmnist.json",
+                        help="from-scratch results to compare with (benchmarks/supervised_fmnist.py)")
     args = parser.parse_args()
     store = CellStore(args.results)
     trainable = ("blocks.5", "blocks.6", "conv_head", "bn2")
@@ -51,6 +55,35 @@ def main() -> None:
                         "threads": torch.get_num_threads()}
 
             store.run({"labels": fraction, "strategy": strategy, "seed": args.seed, "backbone": args.backbone}, work)
+    print(table(store.data["cells"], args.scratch))
+
+
+def table(cells: list[dict], scratch_path: str) -> str:
+    """Markdown: each strategy per fraction (accuracy, seconds), then the best from-scratch cell and the gap."""
+    scratch = json.loads(Path(scratch_path).read_text())["cells"] if Path(scratch_path).is_file() else []
+    fractions = sorted({c["labels"] for c in cells}, key=float)
+    lines = ["| strategy | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for strategy in ("feature-extract", "partial", "finetune"):
+        row = []
+        for fraction in fractions:
+            got = [c for c in cells if c["strategy"] == strategy and c["labels"] == fraction]
+            row.append(f"{got[0]['test_accuracy']:.2%} ({got[0]['wall_seconds']:.0f} s)" if got else "-")
+        lines.append(f"| {strategy} | " + " | ".join(row) + " |")
+    best_row, gap_row = [], []
+    for fraction in fractions:
+        ours = [c["test_accuracy"] for c in cells if c["labels"] == fraction]
+        theirs = [c for c in scratch if c["labels"] == fraction]
+        if not theirs or not ours:
+            best_row.append("-")
+            gap_row.append("-")
+            continue
+        best = max(theirs, key=lambda c: c["test_accuracy"])
+        best_row.append(f"{best['test_accuracy']:.2%} ({best['augment']})")
+        gap_row.append(f"{(max(ours) - best['test_accuracy']) * 100:+.2f} points")
+    lines.append("| best from scratch | " + " | ".join(best_row) + " |")
+    lines.append("| best transfer - best scratch | " + " | ".join(gap_row) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
