@@ -153,3 +153,23 @@ def test_text_grid_uses_text_variants() -> None:
     assert ("supervised", "none") in variants and ("supervised", "eda") in variants
     assert ("pretrain", "mlm") in variants and ("transfer", "finetune@minilm") in variants
     assert all(j.settings["modality"] == "text" for j in jobs)
+
+
+def test_time_cap_notes_name_runs_cut_short() -> None:
+    from fewlabel.compare.report import time_cap_notes
+
+    def record(approach: str, seconds: float, metrics: dict, epochs: int | None = None) -> dict:
+        settings = {"max_minutes": 5.0, **({"epochs": epochs} if epochs else {})}
+        job = {"approach": approach, "variant": "simclr" if approach == "pretrain" else "standard",
+               "labels": None if approach == "pretrain" else "1.0", "settings": settings}
+        return {"job": job, "seconds": seconds, "metrics": metrics}
+
+    results = [record("pretrain", 301.0, {"epochs": 2}, epochs=15),
+               record("supervised", 310.0, {"epochs_run": 4, "epochs_planned": 10}),
+               record("supervised", 120.0, {"epochs_run": 13, "epochs_planned": 20}),  # early stopping, not the cap
+               record("supervised", 300.0, {"epochs_run": 10, "epochs_planned": 10})]
+    assert time_cap_notes(results) == [
+        "The time cap stopped simclr pretraining after 2/15 epochs (one per seed); its accuracy understates "
+        "what it reaches with the planned budget.",
+        "The time cap stopped supervised: standard at 1.0 labels after 4/10 epochs (one per seed); its accuracy "
+        "understates what it reaches with the planned budget."]

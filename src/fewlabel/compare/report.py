@@ -169,6 +169,28 @@ def _table_rows(table: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def time_cap_notes(results: list[dict[str, Any]]) -> list[str]:
+    """Runs the per-run time cap stopped before their planned epochs: their accuracy understates the approach."""
+    cut: dict[str, list[str]] = {}
+    for record in results:
+        job, metrics = record.get("job") or {}, record.get("metrics") or {}
+        settings = job.get("settings") or {}
+        cap = settings.get("max_minutes")
+        if job.get("approach") == "pretrain":
+            planned, ran = settings.get("epochs"), metrics.get("epochs")
+            name = f"{job.get('variant')} pretraining"
+        else:
+            planned, ran = metrics.get("epochs_planned"), metrics.get("epochs_run")
+            family = {"probe": "self-supervised"}.get(job.get("approach"), job.get("approach"))
+            name = f"{family}: {job.get('variant')} at {job.get('labels')} labels"
+            if not cap or record.get("seconds", 0.0) < 0.95 * cap * 60:  # stopped early by validation, not the cap
+                continue
+        if planned and ran is not None and ran < planned:
+            cut.setdefault(name, []).append(f"{ran}/{planned}")
+    return [f"The time cap stopped {name} after {', '.join(epochs)} epochs (one per seed); its accuracy "
+            "understates what it reaches with the planned budget." for name, epochs in sorted(cut.items())]
+
+
 def write_report(results: list[dict[str, Any]], out: str | Path, title: str, setup: dict[str, Any]) -> Path:
     """Write report.md, report.html and figures/ under ``out``; returns the HTML path."""
     out = Path(out)
@@ -176,7 +198,8 @@ def write_report(results: list[dict[str, Any]], out: str | Path, title: str, set
     recs = recommendations(table) if table["fractions"] else []
     figures = _plots(table, out / "figures") if table["fractions"] else []
     header, rows = _table_rows(table)
-    notes = retention_notes(table, recs) + domain_notes(table) + [f"collapse warning: {w}" for w in table["warnings"]]
+    notes = (retention_notes(table, recs) + domain_notes(table) + time_cap_notes(results)
+             + [f"collapse warning: {w}" for w in table["warnings"]])
 
     md = [f"# {title}", "", "## Set-up", ""]
     md += [f"- **{k}**: {v}" for k, v in setup.items()]
