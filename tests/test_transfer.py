@@ -297,3 +297,12 @@ def test_feature_cache_keeps_rows_from_concurrent_writers(tmp_path: Path) -> Non
         thread.join()
     both, hit = cached_features(backbone, dataset, np.arange(60), folder=tmp_path)
     assert hit and torch.allclose(both, extract_features(backbone, dataset.samples, np.arange(60)), atol=1e-5)
+
+
+def test_feature_cache_recomputes_when_the_table_is_gone(tmp_path: Path) -> None:
+    dataset = load_dataset("digits")
+    backbone = create_backbone("resnet_small", in_chans=1, width=8).eval()
+    first, _ = cached_features(backbone, dataset, np.arange(20), folder=tmp_path)
+    next(tmp_path.glob("*/features.npy")).unlink()  # the mask still vouches for rows 0-19
+    again, hit = cached_features(backbone, dataset, np.arange(20), folder=tmp_path)
+    assert not hit and torch.allclose(again, first, atol=1e-5)

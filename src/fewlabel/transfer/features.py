@@ -119,7 +119,9 @@ def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, f
                 return torch.from_numpy(np.array(table[indices])), True
         except (OSError, ValueError, EOFError):
             pass
-    missing = np.unique(indices[~done[indices]]) if done.any() else np.unique(indices)
+    missing = np.unique(indices[~done[indices]])
+    if len(missing) == 0:  # the mask vouches for rows the table could not give back: compute them again
+        missing = np.unique(indices)
     if extractor is not None:
         computed = extractor(missing)
     else:
