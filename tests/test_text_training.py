@@ -88,7 +88,11 @@ def test_text_dataset_split_keeps_groups_apart(reviews_csv: Path) -> None:
 
 @pytest.mark.parametrize("method", ["mlm", "clm"])
 def test_text_pretraining_exports_a_model_finetune_accepts(method: str, reviews_csv: Path, tmp_path: Path,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    from safetensors import safe_open
+
+    from fewlabel.models.text import load_text_backbone
+
     pre = tmp_path / method
     tiny = ["--option", "hidden_size=32", "--option", "num_layers=2", "--option", "num_heads=2",
             "--option", "vocab_size=300"]
@@ -97,6 +101,14 @@ def test_text_pretraining_exports_a_model_finetune_accepts(method: str, reviews_
     metrics = json.loads((pre / "metrics.json").read_text())
     assert metrics["final_loss"] > 0 and metrics["pool_size"] > 0
     assert (pre / "export" / "config.json").is_file() and (pre / "export" / "tokenizer.json").is_file()
+    with safe_open(str(pre / "export" / "model.safetensors"), framework="pt") as handle:
+        keys = list(handle.keys())
+    assert keys and not [k for k in keys if k.startswith(("cls.", "lm_head"))]  # the body only, no LM head
+    capfd.readouterr()
+    backbone, _ = load_text_backbone(pre / "export")
+    assert backbone.embed_dim == 32
+    loading = capfd.readouterr()
+    assert "UNEXPECTED" not in loading.err + loading.out and "MISSING" not in loading.err + loading.out
     out = tmp_path / f"{method}-ft"
     assert main(["-q", "finetune", "--backbone", str(pre / "export"), "--strategy", "finetune", "--data",
                  str(reviews_csv), "--labels", "0.5", "--epochs", "1", "--workers", "0", "--out", str(out)]) == 0

@@ -358,7 +358,9 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -
                    "monitor": [], "warnings": []}
         if trainer.is_global_zero:
             export = run.path / "export"
-            model.save_pretrained(export)
+            # The backbone downstream commands need is the encoder/decoder body; the LM head stays in the
+            # checkpoints, so loading the export with AutoModel reports no unused or missing weights.
+            model.base_model.save_pretrained(export)
             tokenizer.save_pretrained(export)
             run.write_metrics(metrics)
         log.info("text pretraining done in %.1f s; model exported to %s", seconds, run.path / "export")

@@ -155,6 +155,34 @@ def _minilm_folder() -> Path:
     return folder
 
 
+def _without_missing_pooler(folder: str) -> dict[str, bool]:
+    """``add_pooling_layer=False`` when a local BERT-style checkpoint has no pooler (an exported MLM encoder).
+
+    fewlabel pools token states itself and never uses the pooler; building one would only add random weights
+    and a 'newly initialised' warning.
+    """
+    import inspect
+
+    from transformers import AutoConfig, AutoModel
+
+    weights = sorted(Path(folder).glob("*.safetensors"))
+    if not weights:
+        return {}
+    try:
+        model_class = AutoModel._model_mapping[type(AutoConfig.from_pretrained(folder))]
+    except (KeyError, OSError, ValueError):
+        return {}  # from_pretrained below reports what is wrong with the folder
+    if "add_pooling_layer" not in inspect.signature(model_class.__init__).parameters:
+        return {}
+    from safetensors import safe_open
+
+    for file in weights:
+        with safe_open(str(file), framework="pt") as handle:
+            if any(".pooler." in f".{key}" for key in handle.keys()):  # noqa: SIM118 (safe_open is not a dict)
+                return {}
+    return {"add_pooling_layer": False}
+
+
 def load_text_backbone(source: str | os.PathLike, max_length: int = 128,
                        pooling: str = "mean") -> tuple[TextEncoderBackbone, PreTrainedTokenizerFast]:
     """(backbone, tokenizer) from ``minilm`` / ``all-MiniLM-L6-v2`` (bundled offline), a local Hugging Face
@@ -178,7 +206,7 @@ def load_text_backbone(source: str | os.PathLike, max_length: int = 128,
 
     hf_logging.disable_progress_bar()  # a weight-loading bar per run is noise in logs and compare output
     try:
-        model = AutoModel.from_pretrained(where)
+        model = AutoModel.from_pretrained(where, **_without_missing_pooler(where) if not on_hub else {})
         tokenizer = AutoTokenizer.from_pretrained(where)
     except (OSError, ValueError, KeyError) as exc:
         hint = " (offline or unknown hub id?)" if on_hub else ""
