@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from fewlabel.augment.text import (
     random_swap,
     synonym_replacement,
     wordnet_available,
+    wordnet_synonyms,
 )
 from fewlabel.errors import FewlabelError
 
@@ -98,3 +100,37 @@ def test_synonym_replacement_uses_wordnet_or_says_how_to_install_it() -> None:
         eda = build_text_policy("eda")
         assert isinstance(eda, OneOf) and len(eda.policies) == 2
         assert "synonym replacement unavailable" in eda.describe()
+
+
+def write_tiny_wordnet(folder: Path) -> Path:
+    """A two-synset WordNet 3.0 database (the format of Debian's wordnet-base: no lexnames file)."""
+    folder.mkdir()
+    for name in ("adj.exc", "adv.exc", "noun.exc", "verb.exc", "index.adj", "index.adv", "index.verb",
+                 "data.adj", "data.adv", "data.verb"):
+        (folder / name).write_text("")
+    first = "00000000 06 n 02 film 0 movie 0 000 | a form of entertainment\n"
+    second = f"{len(first):08d} 06 n 01 plot 0 000 | the story\n"
+    (folder / "data.noun").write_text(first + second)
+    (folder / "index.noun").write_text(f"film n 1 0 1 0 00000000\nmovie n 1 0 1 0 00000000\n"
+                                       f"plot n 1 0 1 0 {len(first):08d}\n")
+    return folder
+
+
+def test_synonyms_from_a_wordnet_database_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("nltk", reason="the WordNet reader is nltk's")
+    monkeypatch.setenv("FEWLABEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FEWLABEL_WORDNET", str(write_tiny_wordnet(tmp_path / "wn")))
+    lookup = wordnet_synonyms()
+    assert lookup("movie") == ["film"] and lookup("film") == ["movie"] and lookup("plot") == []
+    lexnames = (tmp_path / "cache" / "wordnet" / "lexnames").read_text().splitlines()
+    assert len(lexnames) == 45 and lexnames[6] == "06\tnoun.artifact\t1" and lexnames[44] == "44\tadj.ppl\t3"
+    augment = synonym_replacement(1, rng=random.Random(0))  # the default lookup reads FEWLABEL_WORDNET too
+    assert augment("a movie plot") == "a film plot"
+
+
+def test_wordnet_folder_that_is_not_one_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("nltk", reason="the WordNet reader is nltk's")
+    monkeypatch.setenv("FEWLABEL_WORDNET", str(tmp_path))
+    with pytest.raises(FewlabelError, match=r"FEWLABEL_WORDNET=.* is not a WordNet database folder") as info:
+        wordnet_synonyms()
+    assert "\n" not in str(info.value)

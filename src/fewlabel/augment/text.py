@@ -8,9 +8,13 @@ Texts are split on whitespace and re-joined with single spaces.
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import shutil
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +22,8 @@ from fewlabel.errors import FewlabelError
 from fewlabel.names import TEXT_POLICIES
 
 POLICIES = TEXT_POLICIES
-WORDNET_INSTALL = "pip install nltk && python -m nltk.downloader wordnet"
+WORDNET_INSTALL = "pip install nltk, then python -m nltk.downloader wordnet or apt-get install wordnet-base"
+DEBIAN_WORDNET = "/usr/share/wordnet"
 
 # EDA's stop words: never replaced by synonyms (their "synonyms" rarely keep the meaning).
 _STOP_WORDS_TEXT = (
@@ -117,16 +122,86 @@ class RandomSwap(TextAugmentation):
         return words
 
 
-def wordnet_synonyms() -> Callable[[str], list[str]]:
-    """A WordNet synonym lookup; a one-line error with the install command when nltk or WordNet is missing."""
+# WordNet 3.0's lexicographer files (lexnames(5WN)); Debian's wordnet-base ships the database without this index.
+_LEXNAMES = ("adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.animal", "noun.artifact",
+    "noun.attribute", "noun.body", "noun.cognition", "noun.communication", "noun.event", "noun.feeling",
+    "noun.food", "noun.group", "noun.location", "noun.motive", "noun.object", "noun.person", "noun.phenomenon",
+    "noun.plant", "noun.possession", "noun.process", "noun.quantity", "noun.relation", "noun.shape", "noun.state",
+    "noun.substance", "noun.time", "verb.body", "verb.change", "verb.cognition", "verb.communication",
+    "verb.competition", "verb.consumption", "verb.contact", "verb.creation", "verb.emotion", "verb.motion",
+    "verb.perception", "verb.possession", "verb.social", "verb.stative", "verb.weather", "adj.ppl")
+_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+
+
+def _readable_wordnet_folder(folder: Path) -> Path:
+    """``folder`` itself when complete; else a cache copy of its files plus the missing lexnames.
+
+    A copy, not links: nltk refuses to read files that resolve outside the corpus folder.
+    """
+    if (folder / "lexnames").is_file():
+        return folder
+    from fewlabel.data.resolve import cache_dir
+
+    copy = cache_dir() / "wordnet"
+    copy.mkdir(parents=True, exist_ok=True)
+    for file in folder.iterdir():
+        target = copy / file.name
+        if file.is_file() and not (target.is_file() and target.stat().st_size == file.stat().st_size):
+            tmp = copy / f".{file.name}.{os.getpid()}"
+            shutil.copyfile(file, tmp)
+            tmp.replace(target)  # atomic: a concurrent run never reads half a file
+    lexnames = "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
+    tmp = copy / f"lexnames.{os.getpid()}"
+    tmp.write_text(lexnames)
+    tmp.replace(copy / "lexnames")
+    return copy
+
+
+def _wordnet_reader() -> Any:
+    """nltk's WordNet: its own corpus (nltk_data), else a WordNet 3.0 database folder named by
+    ``FEWLABEL_WORDNET`` or installed by Debian's ``wordnet-base`` package, which needs no download."""
     try:
+        import nltk
         from nltk.corpus import wordnet
     except ImportError:
         raise FewlabelError(f"synonym augmentation needs nltk with WordNet: {WORDNET_INSTALL}") from None
+    folder = os.environ.get("FEWLABEL_WORDNET")
+    if folder is None:
+        try:
+            wordnet.synsets("good")
+            return wordnet
+        except LookupError:
+            folder = DEBIAN_WORDNET
+            if not Path(folder, "data.noun").is_file():
+                raise FewlabelError(f"synonym augmentation needs a WordNet corpus: {WORDNET_INSTALL}") from None
+    if not Path(folder, "data.noun").is_file():
+        raise FewlabelError(f"FEWLABEL_WORDNET={folder} is not a WordNet database folder (no data.noun); "
+                            f"point it at one or unset it ({WORDNET_INSTALL})")
+    import warnings
+
+    from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+    class EnglishWordNet(WordNetCorpusReader):
+        def map_wn(self, version: str = "wordnet") -> None:
+            return None  # no mapping onto nltk's own 'wordnet' corpus (absent here): English lookups need none
+
+    source = Path(folder).resolve()
+    readable = _readable_wordnet_folder(source)
+    if str(readable) not in nltk.data.path:
+        nltk.data.path.append(str(readable))  # nltk only reads corpora under its data path
     try:
-        wordnet.synsets("good")
-    except LookupError:
-        raise FewlabelError(f"synonym augmentation needs the WordNet corpus for nltk: {WORDNET_INSTALL}") from None
+        with warnings.catch_warnings():  # "multilingual functions are not available": we only look up English
+            warnings.simplefilter("ignore", UserWarning)
+            reader = EnglishWordNet(str(readable), None)
+        reader.synsets("good")
+    except (OSError, LookupError, ValueError) as exc:
+        raise FewlabelError(f"cannot read WordNet from {folder}: {exc}") from None
+    return reader
+
+
+def wordnet_synonyms() -> Callable[[str], list[str]]:
+    """A WordNet synonym lookup; a one-line error with the install command when nltk or WordNet is missing."""
+    wordnet = _wordnet_reader()
 
     def lookup(word: str) -> list[str]:
         names = set()
