@@ -17,6 +17,7 @@ import torch
 
 from fewlabel.approaches.supervised import SupervisedConfig, train_supervised
 from fewlabel.augment.supervised import POLICIES
+from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.fit import Budget
 
 
@@ -30,6 +31,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--full-epochs", type=int, default=10, help="epochs at 100%% labels (CPU budget)")
     parser.add_argument("--target-steps", type=int, default=1500, help="optimiser steps for fractions < 1")
+    parser.add_argument("--lr", type=float, default=OptimConfig.lr, help="peak learning rate (SGD, cosine)")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="early-stopping patience in epochs (default: chosen from the data size)")
     parser.add_argument("--results", default="benchmarks/results/supervised_fmnist.json")
     parser.add_argument("--runs-dir", default="benchmarks/results/runs")
     args = parser.parse_args()
@@ -45,15 +49,16 @@ def main() -> None:
                 if (fraction, policy, seed) in done:
                     continue
                 budget = Budget(epochs=args.full_epochs if float(fraction) >= 1.0 else None,
-                                target_steps=args.target_steps, progress=False)
+                                target_steps=args.target_steps, patience=args.patience, progress=False)
                 config = SupervisedConfig(data="fashion-mnist", data_dir=args.data_dir, labels=fraction,
                                           augment=policy, backbone=args.backbone, width=args.width, seed=seed,
-                                          budget=budget, runs_dir=args.runs_dir)
+                                          budget=budget, optim=OptimConfig(lr=args.lr), runs_dir=args.runs_dir)
                 started = time.perf_counter()
                 run = train_supervised(config)
                 m = run.metrics
                 results["cells"].append({
-                    "labels": fraction, "augment": policy, "seed": seed,
+                    "labels": fraction, "augment": policy, "seed": seed, "backbone": args.backbone,
+                    "width": args.width, "lr": args.lr, "threads": torch.get_num_threads(),
                     "labelled": m["split"]["labelled"], "test_accuracy": m["test_accuracy"],
                     "macro_f1": m["macro_f1"], "best_val_accuracy": m["best_val_accuracy"],
                     "epochs_run": m["epochs_run"], "epochs_planned": m["epochs_planned"],

@@ -16,6 +16,7 @@ Usage (the command recorded in BENCHMARKS.md):
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from _cells import CellStore
 from fewlabel.approaches.selfsupervised import PretrainConfig, pretrain
 from fewlabel.approaches.supervised import SupervisedConfig, train_supervised
 from fewlabel.approaches.transfer import TRANSFER_BUDGET, TransferConfig, finetune
+from fewlabel.compare.stats import summarize
 from fewlabel.engine.fit import Budget
 
 APPROACHES = ("minilm-feature-extract", "minilm-partial", "minilm-finetune", "bilstm", "mlm-linear", "mlm-finetune")
@@ -46,20 +48,31 @@ def main() -> None:
     parser.add_argument("--approaches", default=",".join(APPROACHES))
     parser.add_argument("--max-steps", type=int, default=TRANSFER_BUDGET.max_steps,
                         help="optimiser steps for MiniLM and MLM fine-tuning runs")
+    parser.add_argument("--max-batch", type=int, default=TRANSFER_BUDGET.max_batch_size,
+                        help="largest batch for MiniLM and MLM fine-tuning runs")
     parser.add_argument("--bilstm-steps", type=int, default=1500, help="optimiser steps for the BiLSTM")
     parser.add_argument("--mlm-epochs", type=int, default=3, help="masked-LM pretraining epochs on the pool")
+    parser.add_argument("--mlm-max-length", type=int, default=128,
+                        help="masked-LM pretraining truncates texts to this many tokens (the plot synopses are long)")
     parser.add_argument("--results", default="benchmarks/results/text_rottentomatoes.json")
     parser.add_argument("--runs-dir", default="benchmarks/results/runs")
+    parser.add_argument("--table", nargs="*", metavar="RESULTS",
+                        help="print the table (mean ± 95%% CI over seeds) from these results files and exit")
     args = parser.parse_args()
+    if args.table is not None:
+        print(table(args.table or [args.results]))
+        return
     unknown = set(args.approaches.split(",")) - set(APPROACHES)
     if unknown:
         parser.error(f"unknown approaches {sorted(unknown)}; choose from {', '.join(APPROACHES)}")
     store = CellStore(args.results)
-    transfer_budget = replace(TRANSFER_BUDGET, max_steps=args.max_steps, progress=False)
+    transfer_budget = replace(TRANSFER_BUDGET, max_steps=args.max_steps, max_batch_size=args.max_batch,
+                              progress=False)
 
     def mlm_export(seed: int) -> str:
         """Pretrain once per seed (unlabelled pool only); every fraction's probes reuse it and its split."""
-        key = {"approach": "mlm-pretrain", "seed": seed, "mlm_epochs": args.mlm_epochs}
+        key = {"approach": "mlm-pretrain", "seed": seed, "mlm_epochs": args.mlm_epochs,
+               "mlm_max_length": args.mlm_max_length}
         found = store.find(**key)
         if found is None or not Path(found["run_dir"], "export").is_dir():
             store.data["cells"] = [c for c in store.data["cells"] if c is not found]
@@ -68,6 +81,7 @@ def main() -> None:
                 started = time.perf_counter()
                 config = PretrainConfig(method="mlm", data="rotten-tomatoes", data_dir=args.data_dir, seed=seed,
                                         epochs=args.mlm_epochs, budget=Budget(progress=False),
+                                        method_options={"max_length": args.mlm_max_length},
                                         runs_dir=args.runs_dir)
                 result = pretrain(config)
                 return {"seconds": round(time.perf_counter() - started, 1), "run_dir": result.run_dir,
@@ -107,9 +121,37 @@ def main() -> None:
                     key["steps"] = args.bilstm_steps
                 elif approach != "minilm-feature-extract":
                     key["max_steps"] = args.max_steps
+                    key["max_batch"] = args.max_batch
                 if approach.startswith("mlm"):
                     key["mlm_epochs"] = args.mlm_epochs
+                    key["mlm_max_length"] = args.mlm_max_length
                 store.run(key, work)
+
+
+def table(paths: list[str]) -> str:
+    """Markdown: accuracy mean ± 95% CI over seeds and mean wall seconds per (approach, fraction)."""
+    stored = [c for path in paths if Path(path).is_file() for c in json.loads(Path(path).read_text())["cells"]]
+    cells = [c for c in stored if "labels" in c]
+    fractions = sorted({c["labels"] for c in cells}, key=float)
+    lines = ["| approach | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for approach in [a for a in APPROACHES if any(c["approach"] == a for c in cells)]:
+        row = []
+        for fraction in fractions:
+            got = [c for c in cells if c["approach"] == approach and c["labels"] == fraction]
+            if not got:
+                row.append("not run")
+                continue
+            accuracy = summarize([c["test_accuracy"] for c in got])
+            seconds = sum(c["wall_seconds"] for c in got) / len(got)
+            row.append(f"{accuracy.format()}% (n={accuracy.n}, {seconds:.0f} s)")
+        lines.append(f"| {approach} | " + " | ".join(row) + " |")
+    pretrains = [c for c in stored if c.get("approach") == "mlm-pretrain"]
+    if pretrains:
+        lines.append("")
+        mean_seconds = sum(c["seconds"] for c in pretrains) / len(pretrains)
+        lines.append(f"MLM pretraining: {len(pretrains)} run(s), mean {mean_seconds:.0f} s each.")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
