@@ -122,7 +122,10 @@ def test_synonyms_from_a_wordnet_database_folder(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("FEWLABEL_WORDNET", str(write_tiny_wordnet(tmp_path / "wn")))
     lookup = wordnet_synonyms()
     assert lookup("movie") == ["film"] and lookup("film") == ["movie"] and lookup("plot") == []
-    lexnames = (tmp_path / "cache" / "wordnet" / "lexnames").read_text().splitlines()
+    (copy,) = (tmp_path / "cache" / "wordnet").iterdir()  # one copy per source folder
+    assert {f.name for f in copy.iterdir()} == {f.name for f in (tmp_path / "wn").iterdir()} | {"lexnames"}
+    assert all(f.stat().st_mode & 0o022 == 0 for f in copy.iterdir())  # nltk refuses group/world-writable files
+    lexnames = (copy / "lexnames").read_text().splitlines()
     assert len(lexnames) == 45 and lexnames[6] == "06\tnoun.artifact\t1" and lexnames[44] == "44\tadj.ppl\t3"
     augment = synonym_replacement(1, rng=random.Random(0))  # the default lookup reads FEWLABEL_WORDNET too
     assert augment("a movie plot") == "a film plot"

@@ -8,10 +8,13 @@ Texts are split on whitespace and re-joined with single spaces.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import random
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,48 +136,74 @@ _LEXNAMES = ("adj.all", "adj.pert", "adv.all", "noun.Tops", "noun.act", "noun.an
 _CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
+def _write_atomically(target: Path, write: Callable[[Path], None]) -> None:
+    """Write through a unique temporary file, then rename: concurrent runs never read or clobber half a file.
+
+    Files are made 0644: nltk refuses to read group- or world-writable corpus files (a umask of 002 makes them).
+    """
+    handle, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        tmp.chmod(0o644)
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def _readable_wordnet_folder(folder: Path) -> Path:
     """``folder`` itself when complete; else a cache copy of its files plus the missing lexnames.
 
-    A copy, not links: nltk refuses to read files that resolve outside the corpus folder.
+    A copy, not links: nltk refuses to read files that resolve outside the corpus folder. One copy per source
+    folder (keyed by its path), refreshed when a source file's size or modification time changes.
     """
     if (folder / "lexnames").is_file():
         return folder
     from fewlabel.data.resolve import cache_dir
 
-    copy = cache_dir() / "wordnet"
-    copy.mkdir(parents=True, exist_ok=True)
+    copy = cache_dir() / "wordnet" / hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+    copy.mkdir(parents=True, exist_ok=True, mode=0o755)
     for file in folder.iterdir():
         target = copy / file.name
-        if file.is_file() and not (target.is_file() and target.stat().st_size == file.stat().st_size):
-            tmp = copy / f".{file.name}.{os.getpid()}"
-            shutil.copyfile(file, tmp)
-            tmp.replace(target)  # atomic: a concurrent run never reads half a file
+        if not file.is_file():
+            continue
+        source_stat = file.stat()
+        if target.is_file():
+            stat = target.stat()
+            if stat.st_size == source_stat.st_size and stat.st_mtime == source_stat.st_mtime:
+                continue
+        _write_atomically(target, lambda tmp, file=file: shutil.copy2(file, tmp))
     lexnames = "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
-    tmp = copy / f"lexnames.{os.getpid()}"
-    tmp.write_text(lexnames)
-    tmp.replace(copy / "lexnames")
+    if not (copy / "lexnames").is_file() or (copy / "lexnames").read_text() != lexnames:
+        _write_atomically(copy / "lexnames", lambda tmp: tmp.write_text(lexnames))
     return copy
 
 
 def _wordnet_reader() -> Any:
-    """nltk's WordNet: its own corpus (nltk_data), else a WordNet 3.0 database folder named by
-    ``FEWLABEL_WORDNET`` or installed by Debian's ``wordnet-base`` package, which needs no download."""
+    """The WordNet to read synonyms from: the WordNet 3.0 database folder named by ``FEWLABEL_WORDNET`` when
+    set; else nltk's own corpus (nltk_data); else Debian's ``wordnet-base`` package (no download needed)."""
+    folder = os.environ.get("FEWLABEL_WORDNET") or None
+    return _cached_wordnet_reader(folder, os.environ.get("FEWLABEL_CACHE", ""))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_wordnet_reader(folder: str | None, cache: str) -> Any:
+    """Parsing WordNet takes seconds: one reader per (folder, cache) and process."""
     try:
         import nltk
         from nltk.corpus import wordnet
     except ImportError:
         raise FewlabelError(f"synonym augmentation needs nltk with WordNet: {WORDNET_INSTALL}") from None
-    folder = os.environ.get("FEWLABEL_WORDNET")
     if folder is None:
         try:
             wordnet.synsets("good")
             return wordnet
-        except LookupError:
+        except (LookupError, OSError):  # absent, or refused by nltk's file checks: try Debian's copy
             folder = DEBIAN_WORDNET
             if not Path(folder, "data.noun").is_file():
                 raise FewlabelError(f"synonym augmentation needs a WordNet corpus: {WORDNET_INSTALL}") from None
-    if not Path(folder, "data.noun").is_file():
+    elif not Path(folder, "data.noun").is_file():
         raise FewlabelError(f"FEWLABEL_WORDNET={folder} is not a WordNet database folder (no data.noun); "
                             f"point it at one or unset it ({WORDNET_INSTALL})")
     import warnings
@@ -185,17 +214,17 @@ def _wordnet_reader() -> Any:
         def map_wn(self, version: str = "wordnet") -> None:
             return None  # no mapping onto nltk's own 'wordnet' corpus (absent here): English lookups need none
 
-    source = Path(folder).resolve()
-    readable = _readable_wordnet_folder(source)
-    if str(readable) not in nltk.data.path:
-        nltk.data.path.append(str(readable))  # nltk only reads corpora under its data path
     try:
+        readable = _readable_wordnet_folder(Path(folder).resolve())
+        if str(readable) not in nltk.data.path:
+            nltk.data.path.append(str(readable))  # nltk only reads corpora under its data path
         with warnings.catch_warnings():  # "multilingual functions are not available": we only look up English
             warnings.simplefilter("ignore", UserWarning)
             reader = EnglishWordNet(str(readable), None)
         reader.synsets("good")
-    except (OSError, LookupError, ValueError) as exc:
-        raise FewlabelError(f"cannot read WordNet from {folder}: {exc}") from None
+    except Exception as exc:  # nltk raises OSError, LookupError, WordNetError, AssertionError on bad files
+        message = " ".join(str(exc).split())[:300]
+        raise FewlabelError(f"cannot read WordNet from {folder}: {message}; {WORDNET_INSTALL}") from None
     return reader
 
 

@@ -81,7 +81,7 @@ class TextEncoderBackbone(Backbone):
     ``pooling`` is ``mean`` (mask-aware, the sentence-transformers recipe), ``cls``, ``last`` (for causal
     decoders) or ``pooler`` (BERT's tanh pooler). The pooler is removed unless it is used, so every stage in
     ``stages`` affects the embedding (no dead weights in partial fine-tuning or layer-wise decay).
-    A model with an LM head (e.g. ``BertForMaskedLM`` after pretraining) is reduced to its base model.
+    A model with an LM head (e.g. ``BertForMaskedLM``) is reduced to its base model.
     """
 
     def __init__(self, body: PreTrainedModel, tokenizer: str, max_length: int = 128, pooling: str = "mean",
@@ -159,27 +159,25 @@ def _without_missing_pooler(folder: str) -> dict[str, bool]:
     """``add_pooling_layer=False`` when a local BERT-style checkpoint has no pooler (an exported MLM encoder).
 
     fewlabel pools token states itself and never uses the pooler; building one would only add random weights
-    and a 'newly initialised' warning.
+    and a 'newly initialised' warning. Only an optimisation: anything odd about the folder returns ``{}`` and
+    ``from_pretrained`` reports the problem.
     """
-    import inspect
-
+    from safetensors import safe_open
     from transformers import AutoConfig, AutoModel
 
-    weights = sorted(Path(folder).glob("*.safetensors"))
-    if not weights:
-        return {}
     try:
+        weights = sorted(Path(folder).glob("*.safetensors"))
+        if not weights:
+            return {}
         model_class = AutoModel._model_mapping[type(AutoConfig.from_pretrained(folder))]
-    except (KeyError, OSError, ValueError):
-        return {}  # from_pretrained below reports what is wrong with the folder
-    if "add_pooling_layer" not in inspect.signature(model_class.__init__).parameters:
+        if "add_pooling_layer" not in inspect.signature(model_class.__init__).parameters:
+            return {}
+        for file in weights:
+            with safe_open(str(file), framework="pt") as handle:
+                if any(".pooler." in f".{key}" for key in handle.keys()):  # noqa: SIM118 (safe_open is not a dict)
+                    return {}
+    except Exception:  # unreadable config or weights: from_pretrained below gives the real error
         return {}
-    from safetensors import safe_open
-
-    for file in weights:
-        with safe_open(str(file), framework="pt") as handle:
-            if any(".pooler." in f".{key}" for key in handle.keys()):  # noqa: SIM118 (safe_open is not a dict)
-                return {}
     return {"add_pooling_layer": False}
 
 
@@ -187,6 +185,7 @@ def load_text_backbone(source: str | os.PathLike, max_length: int = 128,
                        pooling: str = "mean") -> tuple[TextEncoderBackbone, PreTrainedTokenizerFast]:
     """(backbone, tokenizer) from ``minilm`` / ``all-MiniLM-L6-v2`` (bundled offline), a local Hugging Face
     folder, or a hub id (needs network; offline it fails with a one-line error naming the alternatives)."""
+    from safetensors import SafetensorError
     from transformers import AutoModel, AutoTokenizer
 
     key = str(source)
@@ -208,7 +207,7 @@ def load_text_backbone(source: str | os.PathLike, max_length: int = 128,
     try:
         model = AutoModel.from_pretrained(where, **_without_missing_pooler(where) if not on_hub else {})
         tokenizer = AutoTokenizer.from_pretrained(where)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         hint = " (offline or unknown hub id?)" if on_hub else ""
         raise FewlabelError(f"cannot load text backbone '{key}'{hint}: {_one_line(exc)}; use 'minilm' or a local "
                             "Hugging Face folder") from None
