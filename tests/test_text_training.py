@@ -140,3 +140,13 @@ def test_compare_runs_end_to_end_on_text(reviews_csv: Path, tiny_encoder: Path, 
     assert all(r["test_accuracy"] is not None for r in results if r["job"]["approach"] != "pretrain")
     md = (out / "report.md").read_text()
     assert "self-supervised: mlm+linear" in md and "supervised: none" in md
+
+
+def test_texts_longer_than_the_position_table_are_truncated_to_it(tiny_encoder: Path) -> None:
+    from fewlabel.models.text import TextCollator, load_text_backbone
+
+    backbone, tokenizer = load_text_backbone(tiny_encoder)  # 64 position embeddings, asked for 128 tokens
+    assert backbone.input_spec.max_length == 64
+    batch = TextCollator(tokenizer, backbone.input_spec.max_length)([" ".join(POSITIVE * 20), "short"])
+    assert batch["input_ids"].shape[1] == 64
+    assert backbone(batch).shape == (2, 32)

@@ -304,7 +304,7 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -
         build_small_decoder,
         build_small_encoder,
     )
-    from fewlabel.models.text import load_text_backbone, train_wordpiece_tokenizer
+    from fewlabel.models.text import load_text_backbone, position_limit, train_wordpiece_tokenizer
 
     if dataset.modality != "text":
         raise FewlabelError(f"--method {config.method} needs text; '{dataset.name}' is a {dataset.modality} dataset")
@@ -325,6 +325,7 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -
         folder = encoder.input_spec.tokenizer
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForMaskedLM.from_pretrained(folder)
+        max_length = min(max_length, position_limit(model.config) or max_length)
     if options:
         raise FewlabelError(f"unknown option(s) {', '.join(options)} for text pretraining; valid: max_length, "
                             "vocab_size, hidden_size, num_layers, num_heads")

@@ -75,6 +75,22 @@ def _last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return hidden[torch.arange(len(hidden), device=hidden.device), last]
 
 
+# Models whose position ids start after the padding index, so two position embeddings are never used.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
+
+
+def position_limit(config: Any) -> int | None:
+    """The most tokens a model can read (its position table), or ``None`` when it has no fixed limit.
+
+    Texts are truncated to this, so a model pretrained on short texts (e.g. 64 positions) never receives longer
+    inputs than its position embeddings cover.
+    """
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    return positions - 2 if getattr(config, "model_type", "") in _OFFSET_POSITIONS else positions
+
+
 class TextEncoderBackbone(Backbone):
     """A Hugging Face encoder (kept as ``self.body``) that maps a token batch to one embedding per text.
 
@@ -95,6 +111,7 @@ class TextEncoderBackbone(Backbone):
             body.pooler = None
         config = body.config
         embed_dim = int(getattr(config, "hidden_size", None) or config.d_model)
+        max_length = min(max_length, position_limit(config) or max_length)
         super().__init__(body, embed_dim, transformer_stages(body), TextInputSpec(tokenizer, max_length),  # type: ignore[arg-type]
                          name or str(getattr(config, "_name_or_path", "") or type(body).__name__))
         self.pooling = pooling
