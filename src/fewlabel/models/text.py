@@ -75,8 +75,9 @@ def _last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Ten
     return hidden[torch.arange(len(hidden), device=hidden.device), last]
 
 
-# Models whose position ids start after the padding index, so two position embeddings are never used.
-_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart")
+# Models whose position ids start after the padding index, so two entries of the position table are never used
+# (BART-style models add their offset to the table instead, so their limit is the configured one).
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer")
 
 
 def position_limit(config: Any) -> int | None:
