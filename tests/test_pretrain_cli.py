@@ -26,14 +26,17 @@ def small_digits():
     return replace(full, samples=full.samples[keep], labels=full.labels[keep], name="digits400")
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "dino"])
-def test_every_method_pretrains_and_exports(method: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("method", "views"), [("simclr", "auto"), ("moco", "auto"), ("byol", "auto"),
+                                              ("dino", "auto"), ("dino", "per-sample"), ("simclr", "per-sample")])
+def test_every_method_pretrains_and_exports(method: str, views: str, tmp_path: Path) -> None:
     dataset = small_digits()
     split = make_split(dataset, seed=0)
     options = {"output_dim": 256} if method == "dino" else {"queue_size": 128} if method == "moco" else {}
     config = PretrainConfig(method=method, width=8, epochs=1, batch_size=64, method_options=options, local_crops=2,
-                            budget=Budget(workers=0, progress=False), out=str(tmp_path / method))
+                            views=views, budget=Budget(workers=0, progress=False), out=str(tmp_path / method))
     result = pretrain_on(dataset, split, config)
+    expected_mode = "batched" if views == "auto" else views  # auto: batched tensor views, multi-crop included
+    assert f"views_mode: {expected_mode}" in (tmp_path / method / "config.yaml").read_text()
     metrics = result.metrics
     assert np.isfinite(metrics["final_loss"])
     assert metrics["monitor"] and 0.0 <= metrics["monitor"][0]["knn_accuracy"] <= 1.0
@@ -78,7 +81,13 @@ def test_cli_pretrain_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixtur
         result = json.loads((tmp_path / f"{protocol}.json").read_text())
         # Even one tiny epoch leaves conv features on which probes beat chance (0.1) on digits by far.
         assert result["test"] == 360 and 0.3 < result["test_accuracy"] <= 1.0
-    assert "knn test accuracy" in capsys.readouterr().out
+        if protocol == "linear":  # C chosen by cross-validation on the 129 labelled images, and recorded
+            assert result["probe_c_chosen"] and result["probe_c"] in (0.01, 0.1, 1.0, 10.0)
+    printed = capsys.readouterr().out
+    assert "knn test accuracy" in printed and "linear test accuracy" in printed and ", C=" in printed
+    assert main(["-q", "evaluate", "--backbone", str(out), "--protocol", "linear", "--probe-c", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--probe-c 0.0 is impossible" in err and len(err.splitlines()) == 1
 
 
 def test_evaluate_uses_the_pretraining_split(tmp_path: Path) -> None:

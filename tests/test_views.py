@@ -8,7 +8,12 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from fewlabel.augment.views import BatchedTwoViewAugment, MultiCropTransform, TwoViewTransform
+from fewlabel.augment.views import (
+    BatchedMultiCropAugment,
+    BatchedTwoViewAugment,
+    MultiCropTransform,
+    TwoViewTransform,
+)
 
 GREY = {"channels": 1, "mean": [0.5], "std": [0.25]}
 RGB = {"channels": 3, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.2, 0.2]}
@@ -156,3 +161,31 @@ def test_batched_augment_flip_only_mirrors() -> None:
     unchanged = torch.tensor([torch.allclose(v, p, atol=1e-4) for v, p in zip(view, plain, strict=True)])
     assert bool((mirrored | unchanged).all())
     assert mirrored.any() and unchanged.any()
+
+
+def test_batched_multi_crop_order_sizes_and_seeding() -> None:
+    augment = BatchedMultiCropAugment(size=28, num_local_crops=3, **GREY)
+    assert augment.local_size == 12  # 3/7 of the global size, rounded up, as in MultiCropTransform
+    images = _image(1, 28).unsqueeze(0).repeat(5, 1, 1, 1)
+    views = augment(images, generator=torch.Generator().manual_seed(0))
+    assert [tuple(v.shape) for v in views] == [(5, 1, 28, 28)] * 2 + [(5, 1, 12, 12)] * 3
+    again = augment(images, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(views, again, strict=True))
+    assert len(BatchedMultiCropAugment(size=16, num_local_crops=0, **GREY)(images[:, :, :16, :16])) == 2
+    with pytest.raises(ValueError, match="num_local_crops"):
+        BatchedMultiCropAugment(size=16, num_local_crops=-1, **GREY)
+
+
+def test_batched_multi_crop_local_views_cover_small_areas() -> None:
+    # A full-scale local crop of an 8 px image resampled to 8 px is the image itself; a crop of at most
+    # 1/16 of the area is a zoom, so its pixels vary far less than the whole image's.
+    stripes = torch.arange(16, dtype=torch.uint8).mul(16).view(1, 1, 1, 16).expand(4, 1, 16, 16).contiguous()
+    identity = BatchedMultiCropAugment(size=16, num_local_crops=1, local_size=16, local_scale=(1.0, 1.0),
+                                       ratio=(1.0, 1.0), flip=False, jitter_p=0.0, **GREY)
+    expected = (stripes.float() / 255.0 - 0.5) / 0.25
+    assert torch.allclose(identity(stripes)[2], expected, atol=1e-4)
+    zoom = BatchedMultiCropAugment(size=16, num_local_crops=1, local_size=16, local_scale=(0.0625, 0.0625),
+                                   ratio=(1.0, 1.0), flip=False, jitter_p=0.0, **GREY)
+    local = zoom(stripes, generator=torch.Generator().manual_seed(0))[2]
+    local_range = local.amax(dim=(1, 2, 3)) - local.amin(dim=(1, 2, 3))
+    assert float(local_range.max()) < 0.4 * float(expected.max() - expected.min())

@@ -211,10 +211,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = EvaluateConfig(backbone=args.backbone, protocol=args.protocol, labels=args.labels, data=args.data,
                             data_dir=args.data_dir, seed=args.seed, k=args.k, temperature=args.temperature,
-                            budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
+                            probe_c=args.probe_c, budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
     result = evaluate_backbone(config)
+    chosen = f", C={result['probe_c']:g}" if "probe_c" in result else ""
     print(f"{result['protocol']} test accuracy {result['test_accuracy']:.4f} "
-          f"({result['labelled']} labelled, {result['test']} test, {result['seconds']:.1f} s)")
+          f"({result['labelled']} labelled, {result['test']} test{chosen}, {result['seconds']:.1f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -336,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="images: a backbone name; text: small (new model) or minilm / a HF folder (continue)")
     pre.add_argument("--width", type=int, default=None)
     pre.add_argument("--views", default="auto", choices=["auto", "batched", "per-sample"],
-                     help="batched tensor augmentation (fast) or per-sample torchvision views")
+                     help="batched tensor views on the device (auto: fast, no blur) or per-sample torchvision views "
+                          "(the full recipe with blur and solarisation, in loader workers)")
     pre.add_argument("--local-crops", type=int, default=6, help="multi-crop (dino): local crops per image")
     pre.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="method hyper-parameter, e.g. --option temperature=0.2 (repeatable)")
@@ -383,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=None, help="split seed (default: the pretraining run's split)")
     ev.add_argument("--k", type=int, default=200, help="neighbours for kNN")
     ev.add_argument("--temperature", type=float, default=0.1, help="kNN temperature")
+    ev.add_argument("--probe-c", type=float, default=None,
+                    help="linear: inverse L2 strength (default: chosen from 0.01/0.1/1/10 by cross-validation "
+                         "on the labelled set)")
     ev.add_argument("--json", default=None, help="also write the result to this JSON file")
     _add_budget_flags(ev)
     ev.set_defaults(func=cmd_evaluate)

@@ -15,10 +15,16 @@ from typing import Any
 
 import lightning as L
 import numpy as np
+import torch
 import yaml
 
 from fewlabel.approaches.supervised import RunResult, prepare_split
-from fewlabel.augment.views import BatchedTwoViewAugment, MultiCropTransform, TwoViewTransform
+from fewlabel.augment.views import (
+    BatchedMultiCropAugment,
+    BatchedTwoViewAugment,
+    MultiCropTransform,
+    TwoViewTransform,
+)
 from fewlabel.data.dataset import Dataset
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit
@@ -30,7 +36,7 @@ from fewlabel.engine.run import LOGGER_NAME, RunFolder
 from fewlabel.engine.trainer import build_trainer
 from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.features import extract_features
-from fewlabel.evaluate.probes import accuracy, knn_predict, linear_probe, representation_health
+from fewlabel.evaluate.probes import accuracy, fit_linear_probe, knn_predict, representation_health
 from fewlabel.methods.registry import METHODS, create_method
 from fewlabel.models.backbones import BackboneSpec, create_backbone
 from fewlabel.models.export import load_backbone, save_backbone
@@ -73,7 +79,7 @@ def _view_generator(method_views: str, mode: str, channels: int, size: int, mean
     """(per-sample transform for the loader, batched module for the device); exactly one is not None."""
     if method_views == "multi_crop":
         if mode == "batched":
-            raise FewlabelError("multi-crop methods (dino) need --views per-sample")
+            return None, BatchedMultiCropAugment(channels, size, mean, std, flip=flip, num_local_crops=local_crops)
         return MultiCropTransform(channels, size, mean, std, flip=flip, num_local_crops=local_crops), None
     if mode == "per-sample":
         return TwoViewTransform(channels, size, mean, std, flip=flip), None
@@ -107,9 +113,11 @@ def pretrain_on(dataset: Dataset, split: LabelSplit, config: PretrainConfig, res
     L.seed_everything(config.seed, workers=True, verbose=False)
     spec = BackboneSpec(name=config.backbone, in_chans=channels, width=config.width)
     backbone = create_backbone(spec)
-    method = create_method(config.method, backbone, **config.method_options)
+    # channels-last weights as well as inputs: with only the inputs converted, every convolution reorders
+    # its weights and pretraining runs ~1.4x slower on CPU (benchmarks/ssl_fmnist.py measures the overhead).
+    method = create_method(config.method, backbone, **config.method_options).to(memory_format=torch.channels_last)
     input_spec = backbone.input_spec
-    mode = config.views if config.views != "auto" else ("per-sample" if method.views == "multi_crop" else "batched")
+    mode = "batched" if config.views == "auto" else config.views
     sample_views, batched_views = _view_generator(method.views, mode, channels, height, input_spec.mean,
                                                   input_spec.std, dataset.flip_invariant, config.local_crops)
     optim = config.optim or METHOD_OPTIM[config.method]
@@ -209,6 +217,7 @@ class EvaluateConfig:
     seed: int | None = None
     k: int = 200
     temperature: float = 0.1
+    probe_c: float | None = None  # linear: inverse L2 strength; None = chosen by cross-validation on the labels
     budget: Budget = field(default_factory=Budget)
     out: str | None = None
     runs_dir: str = "runs"
@@ -218,6 +227,9 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
     """kNN or linear probe of an exported backbone on the labelled subset; scored on the test split."""
     if config.protocol not in ("knn", "linear", "finetune"):
         raise FewlabelError(f"unknown protocol '{config.protocol}'; choose knn, linear or finetune")
+    if config.probe_c is not None and not config.probe_c > 0:
+        raise FewlabelError(f"--probe-c {config.probe_c} is impossible; give a positive inverse regularisation "
+                            "strength, or leave it out to choose it by cross-validation")
     request = LabelRequest.parse(config.labels)
     backbone, info = load_backbone(config.backbone)
     data = config.data or info.get("dataset")
@@ -241,13 +253,15 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
     test_x = extract_features(backbone, dataset.samples, split.test)
     train_y = dataset.labels[train_idx]
     test_y = dataset.labels[split.test]
+    probe: dict[str, Any] = {}
     if config.protocol == "knn":
-        import torch
-
         predictions = knn_predict(train_x, torch.as_tensor(train_y), test_x, dataset.num_classes, k=config.k,
                                   temperature=config.temperature)
+        probe = {"k": config.k, "temperature": config.temperature}
     else:
-        predictions = linear_probe(train_x.numpy(), train_y, test_x.numpy(), seed=seed)
+        fitted = fit_linear_probe(train_x.numpy(), train_y, seed=seed, c=config.probe_c)
+        predictions = fitted.predict(test_x.numpy())
+        probe = {"probe_c": float(fitted[-1].C), "probe_c_chosen": config.probe_c is None}
     return {
         "protocol": config.protocol,
         "test_accuracy": accuracy(predictions, test_y),
@@ -257,6 +271,7 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
         "backbone": str(config.backbone),
         "dataset": dataset.name,
         "labels": str(request),
+        **probe,
         **representation_health(test_x),
     }
 

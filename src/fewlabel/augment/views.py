@@ -202,10 +202,13 @@ class BatchedTwoViewAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        pixels = self._pixels(images)
+        return [self._one_view(pixels, generator), self._one_view(pixels, generator)]
+
+    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != self.channels:
             raise ValueError(f"expected a (N, {self.channels}, H, W) batch, got shape {tuple(images.shape)}")
-        pixels = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
-        return [self._one_view(pixels, generator), self._one_view(pixels, generator)]
+        return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
 
     @staticmethod
     def _uniform(
@@ -213,10 +216,16 @@ class BatchedTwoViewAugment(nn.Module):
     ) -> torch.Tensor:
         return low + (high - low) * torch.rand(count, device=device, generator=generator)
 
-    def _one_view(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _one_view(
+        self,
+        pixels: torch.Tensor,
+        generator: torch.Generator | None,
+        size: int | None = None,
+        scale: tuple[float, float] | None = None,
+    ) -> torch.Tensor:
         count, channels = pixels.shape[:2]
         device = pixels.device
-        view = self._resized_crop(pixels, generator)
+        view = self._resized_crop(pixels, generator, size or self.size, scale or self.scale)
         jittered = self._uniform(0.0, 1.0, count, device, generator) < self.jitter_p
 
         def factor(strength: float) -> torch.Tensor:
@@ -239,10 +248,12 @@ class BatchedTwoViewAugment(nn.Module):
             return view
         return (view * self.luma).sum(dim=1, keepdim=True)
 
-    def _resized_crop(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _resized_crop(
+        self, pixels: torch.Tensor, generator: torch.Generator | None, size: int, scale: tuple[float, float]
+    ) -> torch.Tensor:
         """Random area/aspect crop plus optional horizontal flip, resampled to ``size`` in one pass."""
         count, channels, height, width = pixels.shape
-        area = self._uniform(self.scale[0], self.scale[1], count, pixels.device, generator)
+        area = self._uniform(scale[0], scale[1], count, pixels.device, generator)
         aspect = torch.exp(
             self._uniform(self.log_ratio[0], self.log_ratio[1], count, pixels.device, generator)
         )
@@ -260,5 +271,45 @@ class BatchedTwoViewAugment(nn.Module):
         theta[:, 0, 2] = center_x
         theta[:, 1, 1] = crop_height
         theta[:, 1, 2] = center_y
-        grid = F.affine_grid(theta, [count, channels, self.size, self.size], align_corners=False)
+        grid = F.affine_grid(theta, [count, channels, size, size], align_corners=False)
         return F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+class BatchedMultiCropAugment(BatchedTwoViewAugment):
+    """DINO's multi-crop on a whole batch: 2 global views at ``size``, then ``num_local_crops`` local views.
+
+    The vectorised counterpart of ``MultiCropTransform`` (same scales, same output order
+    ``[global_0, global_1, local_0, ...]``), with ``BatchedTwoViewAugment``'s crop, flip and jitter and
+    without blur and solarisation. On a CPU it removes the per-sample PIL pipeline that otherwise limits
+    DINO to a few hundred images per second.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        flip: bool = True,
+        num_local_crops: int = 6,
+        local_size: int | None = None,
+        global_scale: tuple[float, float] = (0.4, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        **jitter: float,
+    ) -> None:
+        if num_local_crops < 0:
+            raise ValueError(f"num_local_crops must be >= 0, got {num_local_crops}")
+        super().__init__(channels, size, mean, std, flip=flip, scale=global_scale, **jitter)
+        self.num_local_crops = num_local_crops
+        self.local_size = local_size if local_size is not None else math.ceil(size * 3 / 7)
+        self.local_scale = local_scale
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        pixels = self._pixels(images)
+        global_views = [self._one_view(pixels, generator) for _ in range(2)]
+        local_views = [
+            self._one_view(pixels, generator, size=self.local_size, scale=self.local_scale)
+            for _ in range(self.num_local_crops)
+        ]
+        return global_views + local_views

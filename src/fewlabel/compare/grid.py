@@ -101,7 +101,8 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
                 for fraction in labels:
                     for probe in budget.probes:
                         jobs.append(Job("probe", f"{method}+{probe}", data, fraction, seed,
-                                        {**common, "protocol": probe, "epochs": budget.transfer_epochs},
+                                        {**common, "protocol": probe, "epochs": budget.transfer_epochs,
+                                         **({"probe_c": "cross-validated"} if probe == "linear" else {})},
                                         depends_on=pre.key()))
         for fraction in labels:
             if "supervised" in approaches:

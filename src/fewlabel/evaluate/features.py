@@ -20,7 +20,7 @@ def extract_features(
     """Embeddings ``(len(indices), embed_dim)`` of ``samples[indices]`` (uint8 images), float32 on the CPU."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     adapter = InputAdapter(samples.shape[1], backbone.input_spec).to(device)
-    model = nn.Sequential(adapter, backbone).to(device)
+    model = nn.Sequential(adapter, backbone).to(device, memory_format=torch.channels_last)
     was_training = backbone.training
     model.eval()
     chunks = []

@@ -1,0 +1,74 @@
+"""Frozen-feature probes: weighted kNN, representation health and the linear probe's choice of C."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from fewlabel.evaluate.probes import (
+    PROBE_C_GRID,
+    choose_probe_c,
+    collapse_warning,
+    fit_linear_probe,
+    knn_predict,
+    representation_health,
+)
+
+
+def test_weighted_knn_votes_by_hand() -> None:
+    # Query (1, 0); memory at angles 0, 60 and 90 degrees -> cosine similarities 1, 0.5, 0.
+    memory = torch.tensor([[2.0, 0.0], [0.5, math.sqrt(3) / 2], [0.0, 3.0]])
+    query = torch.tensor([[1.0, 0.0]])
+    # k=3, T=1: votes class0 = e^1 = 2.72 (first), class1 = e^0.5 + e^0 = 2.65 -> class 0.
+    assert knn_predict(memory, torch.tensor([0, 1, 1]), query, num_classes=2, k=3, temperature=1.0).item() == 0
+    # T=10 flattens the weights: e^0.1 = 1.105 against e^0.05 + e^0 = 2.051 -> class 1.
+    assert knn_predict(memory, torch.tensor([0, 1, 1]), query, num_classes=2, k=3, temperature=10.0).item() == 1
+    # k=1 keeps only the nearest neighbour; k larger than the memory is clipped to it.
+    assert knn_predict(memory, torch.tensor([1, 0, 0]), query, num_classes=2, k=1).item() == 1
+    assert knn_predict(memory, torch.tensor([0, 1, 1]), query, num_classes=2, k=50, temperature=10.0).item() == 1
+
+
+def test_representation_health_of_spread_and_collapsed_embeddings() -> None:
+    # d orthonormal vectors: each dimension has std 1/sqrt(d), times sqrt(d) = 1; centring leaves d-1
+    # equal singular values, so the effective rank is d-1.
+    spread = representation_health(torch.eye(8) * 3.0)
+    assert math.isclose(spread["embedding_std"], 1.0, rel_tol=1e-5)
+    assert math.isclose(spread["effective_rank"], 7.0, rel_tol=1e-4)
+    assert collapse_warning(spread, embed_dim=8) is None
+    collapsed = representation_health(torch.ones(16, 8))
+    assert collapsed["embedding_std"] == 0.0 and math.isclose(collapsed["effective_rank"], 1.0)
+    assert "collapsing" in collapse_warning(collapsed, embed_dim=8)
+
+
+def _needs_weak_regularisation(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The label is the sign of x2 - x1, two features that differ by 2% of their spread, so it takes large
+    weights; x3 is weakly correlated with the label at small weights, which strong L2 prefers."""
+    rng = np.random.default_rng(seed)
+    z, noise = rng.normal(size=n), rng.normal(size=n)
+    labels = (noise > 0).astype(int)
+    features = np.stack([z, z + 0.02 * noise, 0.5 * labels + rng.normal(size=n)], axis=1)
+    return features, labels
+
+
+def test_choose_probe_c_picks_weak_regularisation_when_the_signal_needs_large_weights() -> None:
+    features, labels = _needs_weak_regularisation(400, seed=0)
+    test_features, test_labels = _needs_weak_regularisation(2000, seed=1)
+    chosen = choose_probe_c(features, labels)
+    assert chosen >= 1.0
+    strong = fit_linear_probe(features, labels, c=PROBE_C_GRID[0])
+    tuned = fit_linear_probe(features, labels)
+    assert chosen == tuned[-1].C
+    tuned_accuracy = (tuned.predict(test_features) == test_labels).mean()
+    assert tuned_accuracy > (strong.predict(test_features) == test_labels).mean() + 0.1
+
+
+def test_choose_probe_c_ties_and_tiny_classes() -> None:
+    # Perfectly separated classes: every C scores 100%, and the tie goes to the strongest regularisation.
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 30)
+    features = np.stack([labels * 10.0 + rng.normal(size=60), rng.normal(size=60)], axis=1)
+    assert choose_probe_c(features, labels) == PROBE_C_GRID[0]
+    # A class with one example cannot be held out: fall back to C = 1.
+    assert choose_probe_c(features[:31], labels[:31]) == 1.0
