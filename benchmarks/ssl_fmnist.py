@@ -26,7 +26,7 @@ import torch
 from _cells import CellStore
 
 from fewlabel.approaches.selfsupervised import EvaluateConfig, PretrainConfig, evaluate_backbone, pretrain
-from fewlabel.augment.views import BatchedMultiCropAugment
+from fewlabel.augment.views import BatchedMultiCropAugment, BatchedTwoViewAugment
 from fewlabel.data import load_dataset
 from fewlabel.engine.fit import Budget
 from fewlabel.models import create_backbone
@@ -55,9 +55,9 @@ def bare_throughput(method: str, width: int, batch: int, local_crops: int, data_
     torch.manual_seed(0)
     backbone = create_backbone("resnet_small", in_chans=1, width=width).to(memory_format=torch.channels_last)
     momentum_copy = copy.deepcopy(backbone).requires_grad_(False)
-    crops = local_crops if method == "dino" else 0
-    augment = BatchedMultiCropAugment(1, 28, (0.5,), (0.5,), num_local_crops=crops,
-                                      global_scale=(0.4, 1.0) if method == "dino" else (0.2, 1.0))
+    # The view generator pretraining builds for this method (selfsupervised._view_generator, batched mode).
+    augment = (BatchedMultiCropAugment(1, 28, (0.5,), (0.5,), num_local_crops=local_crops) if method == "dino"
+               else BatchedTwoViewAugment(1, 28, (0.5,), (0.5,)))
     images = load_dataset("fashion-mnist", data_dir).samples
     order = torch.as_tensor(np.random.default_rng(0).permutation(len(images)))
     optimizer = torch.optim.SGD(backbone.parameters(), lr=0.01)

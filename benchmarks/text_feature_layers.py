@@ -12,6 +12,7 @@ four layers concatenated, the mean of the six layers, and each single layer. Sam
 from __future__ import annotations
 
 import argparse
+import functools
 
 import numpy as np
 import torch
@@ -19,26 +20,28 @@ from _cells import CellStore
 
 from fewlabel.data import LabelRequest, load_dataset, make_split
 from fewlabel.evaluate.probes import fit_linear_probe
-from fewlabel.models.text import _minilm_folder
+from fewlabel.models.text import load_text_backbone, masked_mean
 
 FEATURES = {"last": [6], "last4-concat": [3, 4, 5, 6], "mean-of-6": "mean", **{f"layer{i}": [i] for i in range(1, 6)}}
 
 
+@functools.cache
+def minilm():
+    """all-MiniLM-L6-v2 (offline package) and its tokenizer, loaded once."""
+    return load_text_backbone("minilm")
+
+
 def pooled_hidden_states(texts: list[str], batch: int = 64) -> np.ndarray:
     """(len(texts), 7, 384): masked mean of the embedding output and each of the 6 layers."""
-    from transformers import AutoModel, AutoTokenizer
-
-    folder = _minilm_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
+    backbone, tokenizer = minilm()
+    body = backbone.body.eval()
     chunks = []
     for start in range(0, len(texts), batch):
-        encoded = tokenizer(texts[start:start + batch], padding=True, truncation=True, max_length=128,
-                            return_tensors="pt")
+        encoded = tokenizer(texts[start:start + batch], padding=True, truncation=True,
+                            max_length=backbone.input_spec.max_length, return_tensors="pt")
         with torch.no_grad():
-            states = model(**encoded, output_hidden_states=True).hidden_states
-        mask = encoded["attention_mask"].unsqueeze(-1).float()
-        chunks.append(torch.stack([(h * mask).sum(1) / mask.sum(1) for h in states], dim=1))
+            states = body(**encoded, output_hidden_states=True).hidden_states
+        chunks.append(torch.stack([masked_mean(h, encoded["attention_mask"]) for h in states], dim=1))
     return torch.cat(chunks).numpy()
 
 

@@ -177,8 +177,8 @@ def test_batched_multi_crop_order_sizes_and_seeding() -> None:
 
 
 def test_batched_multi_crop_local_views_cover_small_areas() -> None:
-    # A full-scale local crop of an 8 px image resampled to 8 px is the image itself; a crop of at most
-    # 1/16 of the area is a zoom, so its pixels vary far less than the whole image's.
+    # A full-scale local crop of a 16 px image resampled to 16 px is the image itself; a crop of 1/16 of
+    # the area (a quarter of each side) is a zoom, so its pixels span far less of the stripes' range.
     stripes = torch.arange(16, dtype=torch.uint8).mul(16).view(1, 1, 1, 16).expand(4, 1, 16, 16).contiguous()
     identity = BatchedMultiCropAugment(size=16, num_local_crops=1, local_size=16, local_scale=(1.0, 1.0),
                                        ratio=(1.0, 1.0), flip=False, jitter_p=0.0, **GREY)

@@ -253,7 +253,7 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
     test_x = extract_features(backbone, dataset.samples, split.test)
     train_y = dataset.labels[train_idx]
     test_y = dataset.labels[split.test]
-    probe: dict[str, Any] = {}
+    probe: dict[str, Any]
     if config.protocol == "knn":
         predictions = knn_predict(train_x, torch.as_tensor(train_y), test_x, dataset.num_classes, k=config.k,
                                   temperature=config.temperature)

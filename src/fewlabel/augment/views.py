@@ -75,6 +75,14 @@ def _view_pipeline(
     return v2.Compose(steps)
 
 
+def _local_crops(num_local_crops: int, size: int, local_size: int | None) -> int:
+    """Checks the local-crop count and returns the local view size: by default 3/7 of ``size`` rounded up
+    (DINO's 96 px for 224 px)."""
+    if num_local_crops < 0:
+        raise ValueError(f"num_local_crops must be >= 0, got {num_local_crops}")
+    return local_size if local_size is not None else math.ceil(size * 3 / 7)
+
+
 class _PerSampleViews:
     """Shared input check: the generators expect one uint8 (C, H, W) image with the configured channels."""
 
@@ -134,11 +142,9 @@ class MultiCropTransform(_PerSampleViews):
         local_scale: tuple[float, float] = (0.05, 0.4),
     ) -> None:
         _check_stats(channels, mean, std)
-        if num_local_crops < 0:
-            raise ValueError(f"num_local_crops must be >= 0, got {num_local_crops}")
+        self.local_size = _local_crops(num_local_crops, size, local_size)
         self.channels = channels
         self.size = size
-        self.local_size = local_size if local_size is not None else math.ceil(size * 3 / 7)
         self.num_local_crops = num_local_crops
         self.global_transforms = [
             _view_pipeline(channels, size, size, mean, std, flip, global_scale, blur_p=1.0),
@@ -297,11 +303,10 @@ class BatchedMultiCropAugment(BatchedTwoViewAugment):
         local_scale: tuple[float, float] = (0.05, 0.4),
         **jitter: float,
     ) -> None:
-        if num_local_crops < 0:
-            raise ValueError(f"num_local_crops must be >= 0, got {num_local_crops}")
+        local_size = _local_crops(num_local_crops, size, local_size)
         super().__init__(channels, size, mean, std, flip=flip, scale=global_scale, **jitter)
         self.num_local_crops = num_local_crops
-        self.local_size = local_size if local_size is not None else math.ceil(size * 3 / 7)
+        self.local_size = local_size
         self.local_scale = local_scale
 
     @torch.no_grad()
