@@ -165,6 +165,33 @@ def test_dino_loss_gradients_reach_only_the_student() -> None:
     assert all(t.grad is None for t in teacher)
 
 
+def test_dino_loss_equals_the_pairwise_definition_with_many_views() -> None:
+    """The batched contraction gives the loss and gradients of the per-pair definition (2 global + 4 local)."""
+    torch.manual_seed(0)
+    student = [torch.randn(6, 32, requires_grad=True) for _ in range(6)]
+    teacher = [torch.randn(6, 32) for _ in range(2)]
+    center = torch.randn(1, 32) * 0.1
+    criterion = DINOLoss(output_dim=32, teacher_temp=0.07, warmup_teacher_temp=0.07, student_temp=0.1)
+    criterion.center.copy_(center)
+    loss = criterion(student, teacher, update_center=False)
+    loss.backward()
+    fast_grads = [s.grad.clone() for s in student]
+    for s in student:
+        s.grad = None
+    reference = []
+    for ti, t in enumerate(teacher):
+        probs = F.softmax((t - center) / 0.07, dim=-1)
+        for si, s in enumerate(student):
+            if si != ti:
+                reference.append(-(probs * F.log_softmax(s / 0.1, dim=-1)).sum(dim=-1).mean())
+    expected = torch.stack(reference).mean()
+    expected.backward()
+    assert len(reference) == 10
+    torch.testing.assert_close(loss, expected)
+    for fast, s in zip(fast_grads, student, strict=True):
+        torch.testing.assert_close(fast, s.grad)
+
+
 def test_dino_teacher_temperature_warmup_schedule() -> None:
     criterion = DINOLoss(output_dim=3, warmup_teacher_temp=0.04, teacher_temp=0.07, warmup_steps=10)
     assert criterion.teacher_temperature(0) == pytest.approx(0.04)
