@@ -5,14 +5,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
+from fewlabel.evaluate import probes
 from fewlabel.evaluate.probes import (
     PROBE_C_GRID,
     choose_probe_c,
     collapse_warning,
     fit_linear_probe,
     knn_predict,
+    probe_as_linear,
     representation_health,
 )
 
@@ -72,3 +75,58 @@ def test_choose_probe_c_ties_and_tiny_classes() -> None:
     assert choose_probe_c(features, labels) == PROBE_C_GRID[0]
     # A class with one example cannot be held out: fall back to C = 1.
     assert choose_probe_c(features[:31], labels[:31]) == 1.0
+
+
+def test_choose_probe_c_stops_when_held_out_accuracy_falls(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Scripted fold scores for C = 0.01, 0.1, 1, 10. A tie (0.1 and 1) keeps the stronger C and scans on;
+    # the first drop ends the scan, so the slow weakly regularised fits after it never run.
+    scripted = {0.01: 0.80, 0.1: 0.85, 1.0: 0.85, 10.0: 0.70}
+    evaluated: list[float] = []
+
+    def fake_scores(model, features, labels, cv):
+        c = model[-1].C
+        evaluated.append(c)
+        return np.array([scripted[c]])
+
+    monkeypatch.setattr(probes, "cross_val_score", fake_scores)
+    features, labels = np.zeros((20, 2)), np.repeat([0, 1], 10)
+    assert choose_probe_c(features, labels) == 0.1
+    assert evaluated == [0.01, 0.1, 1.0, 10.0]
+    evaluated.clear()
+    scripted[1.0] = 0.60
+    assert choose_probe_c(features, labels) == 0.1 and evaluated == [0.01, 0.1, 1.0]
+
+
+def _logits(features: np.ndarray, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(features, dtype=torch.float32) @ weight.T + bias
+
+
+def test_probe_as_linear_reproduces_the_scaled_logistic_regression() -> None:
+    rng = np.random.default_rng(0)
+    # Three classes on features with very different scales and offsets: the scaler matters.
+    labels = np.repeat([0, 1, 2], 30)
+    features = rng.normal(size=(90, 4)) * [1.0, 10.0, 0.1, 3.0] + [5.0, -20.0, 0.0, 1.0]
+    features[:, 0] += 2.0 * labels
+    probe = fit_linear_probe(features, labels, c=1.0)
+    weight, bias = probe_as_linear(probe, num_classes=3)
+    logits = _logits(features, weight, bias)
+    probabilities = torch.softmax(logits.double(), dim=1).numpy()
+    np.testing.assert_allclose(probabilities, probe.predict_proba(features), atol=1e-4)
+    assert (logits.argmax(dim=1).numpy() == probe.predict(features)).all()
+
+
+def test_probe_as_linear_binary_and_unseen_classes() -> None:
+    # Binary: scikit-learn keeps one logit z; the head's two logits -z/2, z/2 give the same probabilities.
+    # Labels 1 and 3 of 4 classes: classes 0 and 2 never occur, so they must never be predicted.
+    rng = np.random.default_rng(1)
+    labels = np.repeat([1, 3], 20)
+    features = rng.normal(size=(40, 3)) + (labels == 3)[:, None] * 1.5
+    probe = fit_linear_probe(features, labels, c=1.0)
+    weight, bias = probe_as_linear(probe, num_classes=4)
+    assert weight.shape == (4, 3) and bias.shape == (4,)
+    logits = _logits(features, weight, bias)
+    assert torch.equal(weight[[0, 2]], torch.zeros(2, 3))
+    assert set(logits.argmax(dim=1).tolist()) <= {1, 3}
+    seen = torch.softmax(logits[:, [1, 3]].double(), dim=1).numpy()
+    np.testing.assert_allclose(seen, probe.predict_proba(features), atol=1e-4)
+    np.testing.assert_allclose((logits[:, 3] - logits[:, 1]).numpy(), probe.decision_function(features), atol=1e-4)

@@ -12,6 +12,7 @@ from fewlabel.models.text import (
     TextClassifier,
     TextCollator,
     TextEncoderBackbone,
+    frozen_feature_pooling,
     load_text_backbone,
     train_wordpiece_tokenizer,
 )
@@ -92,6 +93,30 @@ def test_tiny_bert_backbone_shapes_stages_and_pooling(tokenizer) -> None:
     assert with_pooler.stages[-1] == "pooler"
     with pytest.raises(FewlabelError, match="unknown text pooling"):
         TextEncoderBackbone(tiny_bert(len(tokenizer)), "tok", pooling="median")
+
+
+def test_mean_last4_pooling_concatenates_the_masked_means_of_the_last_four_layers(tokenizer) -> None:
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=8, num_hidden_layers=5, num_attention_heads=2,
+                        intermediate_size=16, max_position_embeddings=64)
+    body = BertModel(config, add_pooling_layer=False).eval()
+    backbone = TextEncoderBackbone(body, "tok", pooling="mean-last4")
+    assert backbone.embed_dim == 4 * 8
+    batch = TextCollator(tokenizer, 32)(["the movie was a delight from start to finish", "dull"])
+    with torch.no_grad():
+        pooled = backbone(batch)
+        states = body(**batch, output_hidden_states=True).hidden_states  # embeddings + 5 layers
+    assert len(states) == 6 and pooled.shape == (2, 32)
+    length = int(batch["attention_mask"][1].sum())
+    for block, layer in enumerate((2, 3, 4, 5)):  # the outputs of layers 2-5, in order
+        torch.testing.assert_close(pooled[1, 8 * block:8 * (block + 1)], states[layer][1, :length].mean(dim=0))
+    with pytest.raises(FewlabelError, match="at least 4 layers"):
+        TextEncoderBackbone(tiny_bert(len(tokenizer), pooler=False), "tok", pooling="mean-last4")
+    # The same encoder under another pooling shares its weights; frozen features pick mean-last4 only when
+    # the model has four layers.
+    mean = backbone.with_pooling("mean")
+    assert mean.body is body and mean.embed_dim == 8 and backbone.with_pooling("mean-last4") is backbone
+    assert frozen_feature_pooling(body) == "mean-last4"
+    assert frozen_feature_pooling(tiny_bert(len(tokenizer), pooler=False)) == "mean"
 
 
 def test_text_classifier_works_with_transfer_strategies(tokenizer) -> None:

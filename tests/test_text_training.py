@@ -77,6 +77,32 @@ def test_text_transfer_strategies(strategy: str, extra: list[str], reviews_csv: 
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
 
 
+def test_text_pooling_auto_uses_the_last_four_layers_for_frozen_features(reviews_csv: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "four-layer-bert"
+    tokenizer = train_wordpiece_tokenizer(POSITIVE + NEGATIVE, vocab_size=200, min_frequency=1)
+    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=4, num_attention_heads=2,
+                         intermediate_size=32, max_position_embeddings=64)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    # auto (the default): feature-extract on a 4-layer model pools the last four layers; the head sees 4 x 16.
+    for name, extra, pooling, features in [("fe", [], "mean-last4", 4 * 16), ("fe-mean", ["--text-pooling", "mean"],
+                                                                         "mean", 16)]:
+        out = tmp_path / name
+        assert main(["-q", "finetune", "--backbone", str(folder), "--data", str(reviews_csv), "--labels", "0.5",
+                     *extra, "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["text_pooling"] == pooling
+        assert metrics["transfer"]["trainable_parameters"] == features * 2 + 2
+    # Fine-tuning adapts the last layer: auto keeps plain mean pooling there.
+    out = tmp_path / "ft"
+    assert main(["-q", "finetune", "--backbone", str(folder), "--strategy", "finetune", "--data", str(reviews_csv),
+                 "--labels", "0.5", "--epochs", "1", "--workers", "0", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["text_pooling"] == "mean"
+    # The option is for text: on images it is one clear line, not a silently ignored flag.
+    assert main(["finetune", "--data", "digits", "--text-pooling", "cls", "--out", str(tmp_path / "img")]) != 0
+    assert "applies to text data" in capsys.readouterr().err and not (tmp_path / "img").exists()
+
+
 def test_text_dataset_split_keeps_groups_apart(reviews_csv: Path) -> None:
     from fewlabel.data import load_dataset, make_split
 

@@ -8,12 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from scipy.stats import multivariate_normal
 
+from fewlabel.approaches.transfer import prepare_backbone
 from fewlabel.cli import main
 from fewlabel.data import load_dataset
+from fewlabel.data.splits import LabelSplit
 from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.features import extract_features
+from fewlabel.evaluate.probes import PROBE_C_GRID
 from fewlabel.models import BackboneSpec, Classifier, create_backbone
 from fewlabel.models.export import save_backbone
 from fewlabel.models.pretrained import load_pretrained
@@ -203,6 +207,33 @@ def test_finetune_cli_strategies(strategy: str, extra: list[str], tiny_export: P
     if "--weight-decay" in extra:  # one override keeps the rest of the strategy's recipe
         assert metrics["optim"]["weight_decay"] == 0.05 and metrics["optim"]["lr"] == 3e-4
     assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("head", ["logreg", "linear"])
+def test_feature_extract_saves_a_classifier_that_reproduces_its_test_accuracy(
+        head: str, tiny_export: Path, tmp_path: Path) -> None:
+    """The fitted head is copied into ``model.safetensors`` and takes raw backbone features: reloading the
+    classifier and running it on the test images gives the reported accuracy."""
+    out = tmp_path / "fe"
+    code = main(["-q", "finetune", "--backbone", str(tiny_export), "--strategy", "feature-extract", "--data",
+                 "digits", "--labels", "0.2", "--image-size", "8", "--head", head, "--out", str(out)])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["head"] == head and (head == "linear" or metrics["probe_c"] in PROBE_C_GRID)
+    info = json.loads((out / "model.json").read_text())
+    assert info["strategy"] == "feature-extract" and info["head"] == head and len(info["classes"]) == 10
+
+    dataset = load_dataset("digits")
+    backbone = prepare_backbone(str(tiny_export), dataset, 8)
+    model = Classifier(backbone, dataset.num_classes, data_channels=1)
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    model.eval()
+    test = LabelSplit.load(out / "split.npz", dataset).test
+    with torch.no_grad():
+        predictions = model(dataset.samples[torch.as_tensor(test)]).argmax(dim=1).numpy()
+    reloaded = float((predictions == dataset.labels[test]).mean())
+    assert reloaded == pytest.approx(metrics["test_accuracy"], abs=1.5 / len(test))
+    assert metrics["test_accuracy"] > 0.3  # random features of 10 classes, 20% of the labels: well above chance
 
 
 def test_efficientnet_lite0_feature_extract_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -242,8 +242,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                             columns=_columns(args),
                             labels=args.labels, seed=args.seed, split=args.split,
                             full_validation=args.full_validation, image_size=args.image_size, trainable=trainable,
-                            layer_decay=args.layer_decay, l2sp=args.l2sp, head=args.head, augment=args.augment,
-                            optim=optim, budget=budget, out=args.out, runs_dir=args.runs_dir)
+                            layer_decay=args.layer_decay, l2sp=args.l2sp, head=args.head,
+                            text_pooling=args.text_pooling, augment=args.augment, optim=optim, budget=budget,
+                            out=args.out, runs_dir=args.runs_dir)
     result = finetune(config)
     m = result.metrics
     print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({args.strategy}, "
@@ -356,8 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="partial: stages that train, e.g. layer4, blocks.5,blocks.6 or last:2")
     ft.add_argument("--layer-decay", type=float, default=0.75, help="finetune: layer-wise learning-rate decay")
     ft.add_argument("--l2sp", type=float, default=0.0, help="finetune/partial: L2-SP strength toward pretrained")
-    ft.add_argument("--head", default="linear", choices=["linear", "logreg"],
-                    help="feature-extract: linear head on cached features or logistic regression")
+    ft.add_argument("--head", default="logreg", choices=["logreg", "linear"],
+                    help="feature-extract: logistic regression with C chosen by cross-validation (default), or a "
+                    "linear head trained with AdamW on the best validation epoch")
+    ft.add_argument("--text-pooling", default="auto", choices=["auto", "mean", "cls", "pooler", "mean-last4"],
+                    help="text: one embedding per text from the token states: mask-aware mean, [CLS], BERT's pooler, "
+                    "or the means of the last four layers concatenated; auto (default): mean-last4 for "
+                    "feature-extract on models with 4+ layers, mean otherwise")
     ft.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained, <= 4x data)")
     ft.add_argument("--augment", default="standard", choices=POLICIES, help="augmentation for finetune/partial")
     ft.add_argument("--optimizer", default=None, help="timm optimiser name (default per strategy: adamw)")

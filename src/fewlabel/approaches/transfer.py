@@ -18,10 +18,10 @@ from fewlabel.data.dataset import Dataset
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import OptimConfig
-from fewlabel.engine.fit import Budget, count_parameters, fit_classifier
+from fewlabel.engine.fit import Budget, count_parameters, fit_classifier, save_classifier
 from fewlabel.engine.run import LOGGER_NAME, RunFolder
 from fewlabel.errors import FewlabelError
-from fewlabel.evaluate.probes import accuracy, linear_probe
+from fewlabel.evaluate.probes import accuracy, fit_linear_probe, probe_as_linear
 from fewlabel.models.backbones import Backbone, Classifier, InputSpec
 from fewlabel.models.pretrained import load_pretrained
 from fewlabel.transfer.features import cached_features
@@ -56,7 +56,10 @@ class TransferConfig:
     trainable: tuple[str, ...] = ()
     layer_decay: float = 0.75
     l2sp: float = 0.0
-    head: str = "linear"  # feature-extract only: linear (torch, on cached features) | logreg (scikit-learn)
+    # text backbones: auto (mean-last4 for feature-extract when the model has 4+ layers, else mean) | mean | cls |
+    # pooler | mean-last4 (see TextEncoderBackbone)
+    text_pooling: str = "auto"
+    head: str = "logreg"  # feature-extract only: logreg (C by cross-validation) | linear (AdamW, best val epoch)
     augment: str = "standard"
     optim: OptimConfig | None = None
     budget: Budget = field(default_factory=lambda: TRANSFER_BUDGET)
@@ -84,7 +87,7 @@ def finetune(config: TransferConfig) -> RunResult:
     if config.strategy not in STRATEGIES:
         raise FewlabelError(f"unknown strategy '{config.strategy}'; choose one of {', '.join(STRATEGIES)}")
     if config.head not in ("linear", "logreg"):
-        raise FewlabelError(f"--head {config.head!r}: choose linear or logreg")
+        raise FewlabelError(f"--head {config.head!r}: choose logreg or linear")
     request = LabelRequest.parse(config.labels)
     dataset = load_dataset(config.data, config.data_dir, config.columns)
     split = prepare_split(dataset, config.seed, config.split)
@@ -93,14 +96,19 @@ def finetune(config: TransferConfig) -> RunResult:
     collate = extractor = None
     if dataset.modality == "text":
         from fewlabel.engine.data import PairCollator
-        from fewlabel.models.text import TextClassifier, TextCollator, load_text_backbone
+        from fewlabel.models.text import TextClassifier, TextCollator, frozen_feature_pooling, load_text_backbone
 
         source = "minilm" if config.backbone == TransferConfig.backbone else config.backbone
-        backbone, tokenizer = load_text_backbone(source)
+        backbone, tokenizer = load_text_backbone(source, pooling="mean" if config.text_pooling == "auto"
+                                                 else config.text_pooling)
+        if config.text_pooling == "auto" and config.strategy == "feature-extract":
+            backbone = backbone.with_pooling(frozen_feature_pooling(backbone.body))
         model = TextClassifier(backbone, dataset.num_classes)
         collate = PairCollator(TextCollator(tokenizer, max_length=backbone.input_spec.max_length))
         extractor = _text_extractor(backbone, TextCollator(tokenizer, backbone.input_spec.max_length), dataset)
     else:
+        if config.text_pooling != TransferConfig.text_pooling:
+            raise FewlabelError(f"--text-pooling {config.text_pooling} applies to text data; {dataset.name} has images")
         backbone = prepare_backbone(config.backbone, dataset, config.image_size)
         model = Classifier(backbone, dataset.num_classes, data_channels=dataset.image_shape[0])
     plan = apply_strategy(model, config.strategy, list(config.trainable), config.layer_decay, config.l2sp)
@@ -120,8 +128,12 @@ def finetune(config: TransferConfig) -> RunResult:
         extra: dict[str, Any] = {"transfer": plan.record, "param_groups": groups}
         if dataset.modality == "image":
             extra["image_size"] = backbone.input_spec.size[0]
+        else:
+            extra["text_pooling"] = backbone.pooling
         if config.strategy == "feature-extract":
             metrics = _fit_on_cached_features(model, dataset, split, request, config, optim, extra, extractor)
+            save_classifier(run, model, dataset.classes,
+                            {"backbone": config.backbone, "strategy": config.strategy, "head": config.head})
             run.write_metrics(metrics)
         else:
             policy = _policy(config, dataset)
@@ -165,7 +177,12 @@ def _text_extractor(backbone, collate, dataset: Dataset):
 def _fit_on_cached_features(model: Classifier, dataset: Dataset, split: LabelSplit, request: LabelRequest,
                             config: TransferConfig, optim: OptimConfig, extra: dict[str, Any],
                             extractor=None) -> dict[str, Any]:
-    """Feature extraction: features computed once (cached), then a linear head or logistic regression."""
+    """Feature extraction: features computed once (cached), then ``model.head`` is fitted on them.
+
+    ``logreg``: logistic regression with C chosen by cross-validation on the labelled set, copied into the
+    head; ``linear``: AdamW on the head, keeping the best validation epoch. Either way the head ends up
+    acting on raw backbone features, so the saved classifier works as is.
+    """
     labels = dataset.labels
     train_idx = split.labelled(request, labels)
     val_idx = split.validation(None if config.full_validation else request, labels)
@@ -178,25 +195,32 @@ def _fit_on_cached_features(model: Classifier, dataset: Dataset, split: LabelSpl
     feature_seconds = time.perf_counter() - started
     fit_started = time.perf_counter()
     y_train, y_val, y_test = labels[train_idx], labels[val_idx], labels[split.test]
+    head_record: dict[str, Any] = {"head": config.head}
     if config.head == "logreg":
-        predictions = linear_probe(feats["train"].numpy(), y_train, feats["test"].numpy(), seed=config.seed)
-        best_val = None
+        probe = fit_linear_probe(feats["train"].numpy(), y_train, seed=config.seed)
+        weight, bias = probe_as_linear(probe, dataset.num_classes)
+        with torch.no_grad():
+            model.head.weight.copy_(weight)
+            model.head.bias.copy_(bias)
+        head_record["probe_c"] = float(probe[-1].C)
     else:
-        predictions, best_val = _train_linear_head(model.head, feats["train"], y_train, feats["val"], y_val,
-                                                   feats["test"], optim, config.seed)
+        _train_linear_head(model.head, feats["train"], y_train, feats["val"], y_val, optim, config.seed)
+    with torch.no_grad():
+        predictions = model.head(feats["test"]).argmax(dim=1).numpy()
+        val_accuracy = accuracy(model.head(feats["val"]).argmax(dim=1).numpy(), y_val)
     fit_seconds = time.perf_counter() - fit_started
     per_class = [accuracy(predictions[y_test == c], y_test[y_test == c]) for c in range(dataset.num_classes)]
     return {
         "test_accuracy": accuracy(predictions, y_test),
         "macro_f1": float(f1_score(y_test, predictions, average="macro")),
         "per_class_accuracy": dict(zip(dataset.classes, per_class, strict=True)),
-        "best_val_accuracy": best_val,
+        "best_val_accuracy": val_accuracy,
         "train_seconds": round(feature_seconds + fit_seconds, 3),
         "feature_seconds": round(feature_seconds, 3),
         "head_seconds": round(fit_seconds, 3),
         "feature_cache_hits": cache_hits,
         "samples_per_second": round((len(train_idx) + len(val_idx) + len(split.test)) / max(feature_seconds, 1e-9), 1),
-        "head": config.head,
+        **head_record,
         "parameters": count_parameters(model),
         "split": {"seed": split.seed, "labels": str(request), "labelled": len(train_idx),
                   "unlabelled": len(split.unlabelled(request, labels)), "val": len(val_idx), "test": len(split.test)},
@@ -206,12 +230,12 @@ def _fit_on_cached_features(model: Classifier, dataset: Dataset, split: LabelSpl
 
 
 def _train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Tensor,
-                       y_val: np.ndarray, x_test: torch.Tensor, optim: OptimConfig, seed: int,
-                       epochs: int = 200) -> tuple[np.ndarray, float]:
-    """Full-batch AdamW on standardised cached features; keeps the epoch with the best validation accuracy."""
+                       y_val: np.ndarray, optim: OptimConfig, seed: int, epochs: int = 200) -> None:
+    """Full-batch AdamW on standardised cached features; keeps the epoch with the best validation accuracy,
+    then folds the standardisation into the head so that it takes raw features."""
     torch.manual_seed(seed)
     mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
-    xt, xv, xs = (x_train - mean) / std, (x_val - mean) / std, (x_test - mean) / std
+    xt, xv = (x_train - mean) / std, (x_val - mean) / std
     yt = torch.as_tensor(y_train)
     opt = torch.optim.AdamW(head.parameters(), lr=optim.lr * 10, weight_decay=optim.weight_decay)
     best_val, best_state = -1.0, None
@@ -225,7 +249,8 @@ def _train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np
             best_val, best_state = val_acc, {k: v.clone() for k, v in head.state_dict().items()}
     head.load_state_dict(best_state)
     with torch.no_grad():
-        return head(xs).argmax(dim=1).numpy(), best_val
+        head.weight.div_(std)
+        head.bias.sub_(head.weight @ mean)
 
 
 def rank_backbones(sources: list[str], data: str, labels: str, data_dir: str | None = None, seed: int = 0,

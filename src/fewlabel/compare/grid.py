@@ -81,6 +81,11 @@ def for_modality(budget: BudgetPreset, modality: str) -> BudgetPreset:
                    strategies=tuple(s for s in budget.strategies if s != "partial") or ("feature-extract",))
 
 
+def _linear_probe_settings(modality: str) -> dict[str, str]:
+    """What a linear probe job's result depends on beyond its data (text probes go through feature-extract)."""
+    return {"probe_c": "cross-validated", **({"head": "logreg-cv"} if modality == "text" else {})}
+
+
 def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], budget: BudgetPreset,
                backbones: list[str], data_dir: str | None = None, modality: str = "image") -> list[Job]:
     unknown = sorted(set(approaches) - set(APPROACHES))
@@ -102,7 +107,7 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
                     for probe in budget.probes:
                         jobs.append(Job("probe", f"{method}+{probe}", data, fraction, seed,
                                         {**common, "protocol": probe, "epochs": budget.transfer_epochs,
-                                         **({"probe_c": "cross-validated"} if probe == "linear" else {})},
+                                         **(_linear_probe_settings(modality) if probe == "linear" else {})},
                                         depends_on=pre.key()))
         for fraction in labels:
             if "supervised" in approaches:
@@ -113,7 +118,9 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
             if "transfer" in approaches:
                 for backbone in backbones:
                     for strategy in budget.strategies:
+                        # The feature-extract head is logistic regression with C by cross-validation.
+                        head = {"head": "logreg-cv"} if strategy == "feature-extract" else {}
                         jobs.append(Job("transfer", f"{strategy}@{backbone}", data, fraction, seed,
                                         {**common, "epochs": budget.transfer_epochs,
-                                         "max_minutes": budget.max_minutes}))
+                                         "max_minutes": budget.max_minutes, **head}))
     return jobs

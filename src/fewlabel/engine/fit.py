@@ -159,9 +159,14 @@ def fit_classifier(
         **(extra_metrics or {}),
     }
     if trainer.is_global_zero:
-        save_file({k: v.detach().cpu().contiguous() for k, v in module.model.state_dict().items()},
-                  str(run.path / "model.safetensors"))
-        (run.path / "model.json").write_text(json.dumps({"classes": dataset.classes, **(model_meta or {})}, indent=2))
+        save_classifier(run, module.model, dataset.classes, model_meta)
         run.write_metrics(metrics)
     return metrics
+
+
+def save_classifier(run: RunFolder, model: nn.Module, classes: list[str], meta: dict[str, Any] | None = None) -> None:
+    """``model.safetensors`` (the whole classifier: backbone and head) and ``model.json`` (classes, provenance)."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+              str(run.path / "model.safetensors"))
+    (run.path / "model.json").write_text(json.dumps({"classes": list(classes), **(meta or {})}, indent=2))
 

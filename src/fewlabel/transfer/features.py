@@ -27,7 +27,9 @@ log = logging.getLogger(LOGGER_NAME)
 
 
 def backbone_digest(backbone: Backbone) -> str:
+    # The input spec and the pooling (text) decide the features as much as the weights do.
     digest = hashlib.sha256(repr(getattr(backbone, "input_spec", None)).encode())
+    digest.update(str(getattr(backbone, "pooling", "")).encode())
     for name, tensor in sorted(backbone.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
