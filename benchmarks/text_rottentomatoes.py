@@ -31,13 +31,15 @@ from fewlabel.compare.stats import summarize
 from fewlabel.engine.fit import Budget
 
 APPROACHES = ("minilm-feature-extract", "minilm-partial", "minilm-finetune", "bilstm", "mlm-linear", "mlm-finetune")
+FROZEN = ("minilm-feature-extract", "mlm-linear")  # approaches whose head is fitted on frozen features
 
 
 def cell_result(metrics: dict, started: float) -> dict:
     return {"test_accuracy": metrics["test_accuracy"], "macro_f1": metrics.get("macro_f1"),
             "labelled": metrics["split"]["labelled"], "train_seconds": metrics.get("train_seconds"),
             "wall_seconds": round(time.perf_counter() - started, 1), "epochs_run": metrics.get("epochs_run"),
-            "batches_per_epoch": metrics.get("batches_per_epoch"), "threads": torch.get_num_threads()}
+            "batches_per_epoch": metrics.get("batches_per_epoch"), "threads": torch.get_num_threads(),
+            **({"text_pooling": metrics["text_pooling"]} if metrics.get("text_pooling", "mean") != "mean" else {})}
 
 
 def main() -> None:
@@ -54,6 +56,8 @@ def main() -> None:
     parser.add_argument("--mlm-epochs", type=int, default=3, help="masked-LM pretraining epochs on the pool")
     parser.add_argument("--mlm-max-length", type=int, default=128,
                         help="masked-LM pretraining truncates texts to this many tokens (the plot synopses are long)")
+    parser.add_argument("--head", default="logreg", help="feature-extract / mlm-linear head: logreg or linear")
+    parser.add_argument("--text-pooling", default="mean", help="MiniLM text pooling (mean, mean-last4, ...)")
     parser.add_argument("--results", default="benchmarks/results/text_rottentomatoes.json")
     parser.add_argument("--runs-dir", default="benchmarks/results/runs")
     parser.add_argument("--table", nargs="*", metavar="RESULTS",
@@ -107,13 +111,14 @@ def main() -> None:
                         trainable = ("last:2",) if strategy == "partial" else ()
                         config = TransferConfig(backbone="minilm", strategy=strategy, data="rotten-tomatoes",
                                                 data_dir=args.data_dir, labels=fraction, seed=seed,
-                                                trainable=trainable, budget=transfer_budget, runs_dir=args.runs_dir)
+                                                trainable=trainable, budget=transfer_budget, head=args.head,
+                                                text_pooling=args.text_pooling, runs_dir=args.runs_dir)
                         return cell_result(finetune(config).metrics, started)
                     pre_dir = mlm_export(seed)
                     strategy = "finetune" if approach == "mlm-finetune" else "feature-extract"
                     config = TransferConfig(backbone=f"{pre_dir}/export", strategy=strategy, data="rotten-tomatoes",
                                             data_dir=args.data_dir, labels=fraction, seed=seed, split=pre_dir,
-                                            budget=transfer_budget, runs_dir=args.runs_dir)
+                                            budget=transfer_budget, head=args.head, runs_dir=args.runs_dir)
                     return cell_result(finetune(config).metrics, started)
 
                 key: dict = {"approach": approach, "labels": fraction, "seed": seed}
@@ -122,6 +127,10 @@ def main() -> None:
                 elif approach != "minilm-feature-extract":
                     key["max_steps"] = args.max_steps
                     key["max_batch"] = args.max_batch
+                if approach in FROZEN:  # cells without "head" predate logreg: they used the linear head
+                    key["head"] = args.head
+                if approach.startswith("minilm-") and args.text_pooling != "mean":
+                    key["text_pooling"] = args.text_pooling
                 if approach.startswith("mlm"):
                     key["mlm_epochs"] = args.mlm_epochs
                     key["mlm_max_length"] = args.mlm_max_length
@@ -135,17 +144,22 @@ def table(paths: list[str]) -> str:
     fractions = sorted({c["labels"] for c in cells}, key=float)
     lines = ["| approach | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]
-    for approach in [a for a in APPROACHES if any(c["approach"] == a for c in cells)]:
+    variants = sorted({(c["approach"], c.get("head", "linear") if c["approach"] in FROZEN else None,
+                        c.get("text_pooling", "mean")) for c in cells},
+                      key=lambda v: (APPROACHES.index(v[0]), str(v[1]), v[2]))
+    for approach, head, pooling in variants:
         row = []
         for fraction in fractions:
-            got = [c for c in cells if c["approach"] == approach and c["labels"] == fraction]
+            got = [c for c in cells if c["approach"] == approach and c["labels"] == fraction
+                   and (head is None or c.get("head", "linear") == head) and c.get("text_pooling", "mean") == pooling]
             if not got:
                 row.append("not run")
                 continue
             accuracy = summarize([c["test_accuracy"] for c in got])
             seconds = sum(c["wall_seconds"] for c in got) / len(got)
             row.append(f"{accuracy.format()}% (n={accuracy.n}, {seconds:.0f} s)")
-        lines.append(f"| {approach} | " + " | ".join(row) + " |")
+        name = approach + (f" ({head} head)" if head else "") + (f", {pooling} pooling" if pooling != "mean" else "")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
     pretrains = [c for c in stored if c.get("approach") == "mlm-pretrain"]
     if pretrains:
         lines.append("")

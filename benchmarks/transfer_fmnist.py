@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=None, help="default: 4x the 28 px images = 112 px")
     parser.add_argument("--epochs", type=int, default=None, help="epochs for partial/finetune (default: auto)")
+    parser.add_argument("--head", default="logreg", help="feature-extract head: logreg (default) or linear")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", default="benchmarks/results/transfer_fmnist.json")
     parser.add_argument("--runs-dir", default="benchmarks/results/runs")
@@ -41,7 +42,7 @@ def main() -> None:
             def work(fraction: str = fraction, strategy: str = strategy) -> dict:
                 config = TransferConfig(backbone=args.backbone, strategy=strategy, data="fashion-mnist",
                                         data_dir=args.data_dir, labels=fraction, seed=args.seed,
-                                        image_size=args.image_size,
+                                        image_size=args.image_size, head=args.head,
                                         trainable=trainable if strategy == "partial" else (),
                                         budget=replace(TRANSFER_BUDGET, epochs=args.epochs, progress=False),
                                         runs_dir=args.runs_dir)
@@ -54,7 +55,10 @@ def main() -> None:
                         "epochs_run": m.get("epochs_run"), "batches_per_epoch": m.get("batches_per_epoch"),
                         "threads": torch.get_num_threads()}
 
-            store.run({"labels": fraction, "strategy": strategy, "seed": args.seed, "backbone": args.backbone}, work)
+            key = {"labels": fraction, "strategy": strategy, "seed": args.seed, "backbone": args.backbone}
+            if strategy == "feature-extract":  # cells without "head" predate logreg: they used the linear head
+                key["head"] = args.head
+            store.run(key, work)
     print(table(store.data["cells"], args.scratch))
 
 
@@ -64,12 +68,15 @@ def table(cells: list[dict], scratch_path: str) -> str:
     fractions = sorted({c["labels"] for c in cells}, key=float)
     lines = ["| strategy | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]
-    for strategy in ("feature-extract", "partial", "finetune"):
+    variants = [("feature-extract", "logreg"), ("feature-extract", "linear"), ("partial", None), ("finetune", None)]
+    for strategy, head in variants:
         row = []
         for fraction in fractions:
-            got = [c for c in cells if c["strategy"] == strategy and c["labels"] == fraction]
+            got = [c for c in cells if c["strategy"] == strategy and c["labels"] == fraction
+                   and (head is None or c.get("head", "linear") == head)]
             row.append(f"{got[0]['test_accuracy']:.2%} ({got[0]['wall_seconds']:.0f} s)" if got else "-")
-        lines.append(f"| {strategy} | " + " | ".join(row) + " |")
+        name = f"{strategy} ({head} head)" if head else strategy
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
     best_row, gap_row = [], []
     for fraction in fractions:
         ours = [c["test_accuracy"] for c in cells if c["labels"] == fraction]
