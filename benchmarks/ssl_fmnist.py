@@ -153,7 +153,7 @@ def print_table(store: CellStore) -> None:
         row.append(f"{speed:.0f}")
         for reference in ("bare", "bare+momentum"):
             ref = store.find(**key, reference=reference)
-            if ref is None:
+            if ref is None or cell.get("cpu_shared"):  # a run that shared the CPU measured no speed
                 row += ["-", "-"]
             else:
                 row += [f"{ref['samples_per_second']:.0f}", f"{100 * (ref['samples_per_second'] / speed - 1):+.0f}%"]
