@@ -211,7 +211,7 @@ def test_finetune_cli_strategies(strategy: str, extra: list[str], tiny_export: P
 
 @pytest.mark.parametrize("head", ["logreg", "linear"])
 def test_feature_extract_saves_a_classifier_that_reproduces_its_test_accuracy(
-        head: str, tiny_export: Path, tmp_path: Path) -> None:
+        head: str, tiny_export: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The fitted head is copied into ``model.safetensors`` and takes raw backbone features: reloading the
     classifier and running it on the test images gives the reported accuracy."""
     out = tmp_path / "fe"
@@ -220,6 +220,7 @@ def test_feature_extract_saves_a_classifier_that_reproduces_its_test_accuracy(
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["head"] == head and (head == "linear" or metrics["probe_c"] in PROBE_C_GRID)
+    assert ("logistic regression C=" in capsys.readouterr().out) == (head == "logreg")
     info = json.loads((out / "model.json").read_text())
     assert info["strategy"] == "feature-extract" and info["head"] == head and len(info["classes"]) == 10
 

@@ -247,7 +247,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                             out=args.out, runs_dir=args.runs_dir)
     result = finetune(config)
     m = result.metrics
-    print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({args.strategy}, "
+    head = f", logistic regression C={m['probe_c']:g}" if "probe_c" in m else ""
+    pooling = f", {m['text_pooling']} pooling" if "text_pooling" in m else ""
+    print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({args.strategy}{head}{pooling}, "
           f"{m['split']['labelled']} labelled, {m['train_seconds']:.1f} s)  run: {result.run_dir}")
     return 0
 
