@@ -95,6 +95,9 @@ def test_choose_probe_c_stops_when_held_out_accuracy_falls(monkeypatch: pytest.M
     evaluated.clear()
     scripted[1.0] = 0.60
     assert choose_probe_c(features, labels) == 0.1 and evaluated == [0.01, 0.1, 1.0]
+    # Fits that all fail (NaN scores) fall back to the strongest regularisation instead of crashing.
+    scripted.update(dict.fromkeys(scripted, float("nan")))
+    assert choose_probe_c(features, labels) == min(PROBE_C_GRID)
 
 
 def _logits(features: np.ndarray, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:

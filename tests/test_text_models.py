@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BartConfig, BartModel, BertConfig, BertModel
 
 from fewlabel.errors import FewlabelError
 from fewlabel.models.text import (
@@ -117,6 +117,13 @@ def test_mean_last4_pooling_concatenates_the_masked_means_of_the_last_four_layer
     assert mean.body is body and mean.embed_dim == 8 and backbone.with_pooling("mean-last4") is backbone
     assert frozen_feature_pooling(body) == "mean-last4"
     assert frozen_feature_pooling(tiny_bert(len(tokenizer), pooler=False)) == "mean"
+    # Encoder-decoders (BART) have two stacks of hidden states: plain mean, and a clear error when asked for more.
+    bart = BartModel(BartConfig(vocab_size=len(tokenizer), d_model=8, encoder_layers=4, decoder_layers=4,
+                                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=16,
+                                decoder_ffn_dim=16, max_position_embeddings=64))
+    assert frozen_feature_pooling(bart) == "mean"
+    with pytest.raises(FewlabelError, match="encoder-decoder"):
+        TextEncoderBackbone(bart, "tok", pooling="mean-last4")
 
 
 def test_text_classifier_works_with_transfer_strategies(tokenizer) -> None:

@@ -92,6 +92,7 @@ def test_text_pooling_auto_uses_the_last_four_layers_for_frozen_features(reviews
                      *extra, "--out", str(out)]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["text_pooling"] == pooling
+        assert json.loads((out / "model.json").read_text())["text_pooling"] == pooling  # needed to rebuild it
         assert metrics["transfer"]["trainable_parameters"] == features * 2 + 2
     # Fine-tuning adapts the last layer: auto keeps plain mean pooling there.
     out = tmp_path / "ft"

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from scipy.stats import multivariate_normal
 
-from fewlabel.approaches.transfer import prepare_backbone
+from fewlabel.approaches.transfer import STRATEGY_OPTIM, _train_linear_head, prepare_backbone
 from fewlabel.cli import main
 from fewlabel.data import load_dataset
 from fewlabel.data.splits import LabelSplit
@@ -235,6 +235,18 @@ def test_feature_extract_saves_a_classifier_that_reproduces_its_test_accuracy(
     reloaded = float((predictions == dataset.labels[test]).mean())
     assert reloaded == pytest.approx(metrics["test_accuracy"], abs=1.5 / len(test))
     assert metrics["test_accuracy"] > 0.3  # random features of 10 classes, 20% of the labels: well above chance
+
+
+def test_linear_head_folding_keeps_constant_features_harmless() -> None:
+    """A feature constant in training must not get a 1/std ~ 1e6 weight once the scaling is folded in."""
+    torch.manual_seed(0)
+    x_train, x_val = torch.randn(60, 5), torch.randn(30, 5)
+    x_train[:, 2] = x_val[:, 2] = 7.0
+    y_train, y_val = (x_train[:, 0] > 0).long().numpy(), (x_val[:, 0] > 0).long().numpy()
+    head = torch.nn.Linear(5, 2)
+    _train_linear_head(head, x_train, y_train, x_val, y_val, STRATEGY_OPTIM["feature-extract"], seed=0, epochs=30)
+    # Clamping std at 1e-6 instead gave that column weights of ~1e5 and logits that cancel in float32.
+    assert head.weight.abs().max() < 100.0
 
 
 def test_efficientnet_lite0_feature_extract_offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

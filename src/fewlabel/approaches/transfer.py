@@ -132,8 +132,7 @@ def finetune(config: TransferConfig) -> RunResult:
             extra["text_pooling"] = backbone.pooling
         if config.strategy == "feature-extract":
             metrics = _fit_on_cached_features(model, dataset, split, request, config, optim, extra, extractor)
-            save_classifier(run, model, dataset.classes,
-                            {"backbone": config.backbone, "strategy": config.strategy, "head": config.head})
+            save_classifier(run, model, dataset.classes, {**_model_meta(config, backbone), "head": config.head})
             run.write_metrics(metrics)
         else:
             policy = _policy(config, dataset)
@@ -141,12 +140,24 @@ def finetune(config: TransferConfig) -> RunResult:
                                      seed=config.seed, param_groups=plan.param_groups,
                                      frozen_eval_modules=plan.frozen_eval_modules, regularizer=plan.regularizer,
                                      full_validation=config.full_validation, extra_metrics=extra,
-                                     model_meta={"backbone": config.backbone, "strategy": config.strategy},
+                                     model_meta=_model_meta(config, backbone),
                                      train_collate=collate, eval_collate=collate)
         log.info("test accuracy %.4f (macro-F1 %.4f)", metrics["test_accuracy"], metrics["macro_f1"])
     finally:
         run.detach_log(handler)
     return RunResult(str(run.path), metrics)
+
+
+def _model_meta(config: TransferConfig, backbone: Backbone) -> dict[str, Any]:
+    """What ``model.json`` needs beyond the weights to rebuild the classifier (pooling and input size change the
+    features without changing any tensor shape)."""
+    meta: dict[str, Any] = {"backbone": config.backbone, "strategy": config.strategy}
+    pooling = getattr(backbone, "pooling", None)
+    if pooling is not None:
+        meta["text_pooling"] = pooling
+    else:
+        meta["image_size"] = backbone.input_spec.size[0]
+    return meta
 
 
 def _policy(config: TransferConfig, dataset: Dataset):
@@ -234,7 +245,10 @@ def _train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np
     """Full-batch AdamW on standardised cached features; keeps the epoch with the best validation accuracy,
     then folds the standardisation into the head so that it takes raw features."""
     torch.manual_seed(seed)
-    mean, std = x_train.mean(dim=0), x_train.std(dim=0).clamp_min(1e-6)
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0)
+    # As StandardScaler: a feature constant in training keeps scale 1, so folding 1/std into the head cannot blow
+    # its weight up to ~1e6 and leave float32 cancellation noise in the logits.
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
     xt, xv = (x_train - mean) / std, (x_val - mean) / std
     yt = torch.as_tensor(y_train)
     opt = torch.optim.AdamW(head.parameters(), lr=optim.lr * 10, weight_decay=optim.weight_decay)

@@ -67,9 +67,10 @@ def choose_probe_c(features: np.ndarray, labels: np.ndarray, seed: int = 0,
             n_splits=1, test_size=0.2, random_state=seed)
     else:
         splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    best_c, best_score = None, -np.inf
+    best_c, best_score = min(grid), -np.inf
     for c in sorted(grid):
-        score = float(cross_val_score(_probe_model(c, seed), features, labels, cv=splitter).mean())
+        score = float(np.nan_to_num(cross_val_score(_probe_model(c, seed), features, labels, cv=splitter).mean(),
+                                    nan=-np.inf))  # a failed fit (NaN score) never wins
         if score < best_score:
             break
         if score > best_score:  # ties keep the stronger regularisation

@@ -106,6 +106,8 @@ def frozen_feature_pooling(body: nn.Module) -> str:
     beat the last layer's mean by 3.1 / 0.5 / 2.1 points at 1 / 10 / 100% labels (BENCHMARKS.md); when the
     encoder is fine-tuned, its last layer adapts and plain ``mean`` is the standard.
     """
+    if getattr(getattr(body, "config", None), "is_encoder_decoder", False):
+        return "mean"  # encoder-decoder outputs have no single stack of hidden states to concatenate
     return "mean-last4" if transformer_depth(body) >= CONCAT_LAYERS else "mean"
 
 
@@ -132,6 +134,9 @@ class TextEncoderBackbone(Backbone):
         config = body.config
         embed_dim = int(getattr(config, "hidden_size", None) or config.d_model)
         if pooling == "mean-last4":
+            if getattr(config, "is_encoder_decoder", False):
+                raise FewlabelError(f"pooling 'mean-last4' needs an encoder or a decoder; {type(body).__name__} is "
+                                    "an encoder-decoder; use pooling 'mean'")
             layers = transformer_depth(body)
             if layers < CONCAT_LAYERS:
                 raise FewlabelError(f"pooling 'mean-last4' needs a model with at least {CONCAT_LAYERS} layers; "
