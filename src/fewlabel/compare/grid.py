@@ -81,9 +81,13 @@ def for_modality(budget: BudgetPreset, modality: str) -> BudgetPreset:
                    strategies=tuple(s for s in budget.strategies if s != "partial") or ("feature-extract",))
 
 
+# How text feature-extract runs turn a frozen encoder into features and a head (part of their job keys).
+FROZEN_TEXT_SETTINGS = {"head": "logreg-cv", "text_pooling": "auto"}
+
+
 def _linear_probe_settings(modality: str) -> dict[str, str]:
     """What a linear probe job's result depends on beyond its data (text probes go through feature-extract)."""
-    return {"probe_c": "cross-validated", **({"head": "logreg-cv"} if modality == "text" else {})}
+    return {"probe_c": "cross-validated", **(FROZEN_TEXT_SETTINGS if modality == "text" else {})}
 
 
 def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], budget: BudgetPreset,
@@ -119,7 +123,8 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
                 for backbone in backbones:
                     for strategy in budget.strategies:
                         # The feature-extract head is logistic regression with C by cross-validation.
-                        head = {"head": "logreg-cv"} if strategy == "feature-extract" else {}
+                        head = ({"head": "logreg-cv", **(FROZEN_TEXT_SETTINGS if modality == "text" else {})}
+                                if strategy == "feature-extract" else {})
                         jobs.append(Job("transfer", f"{strategy}@{backbone}", data, fraction, seed,
                                         {**common, "epochs": budget.transfer_epochs,
                                          "max_minutes": budget.max_minutes, **head}))
