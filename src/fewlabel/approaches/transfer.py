@@ -125,14 +125,14 @@ def finetune(config: TransferConfig) -> RunResult:
                           "backbone_stages": backbone.stages, "transfer": plan.record, "param_groups": groups})
         log.info("%s of %s: %d trainable / %d frozen parameters", config.strategy, backbone.name,
                  plan.record["trainable_parameters"], plan.record["frozen_parameters"])
-        extra: dict[str, Any] = {"transfer": plan.record, "param_groups": groups}
-        if dataset.modality == "image":
-            extra["image_size"] = backbone.input_spec.size[0]
-        else:
-            extra["text_pooling"] = backbone.pooling
+        # Pooling and input size change the features without changing any tensor shape: model.json needs them.
+        inputs = ({"image_size": backbone.input_spec.size[0]} if dataset.modality == "image"
+                  else {"text_pooling": backbone.pooling})
+        meta = {"backbone": config.backbone, "strategy": config.strategy, **inputs}
+        extra: dict[str, Any] = {"transfer": plan.record, "param_groups": groups, **inputs}
         if config.strategy == "feature-extract":
             metrics = _fit_on_cached_features(model, dataset, split, request, config, optim, extra, extractor)
-            save_classifier(run, model, dataset.classes, {**_model_meta(config, backbone), "head": config.head})
+            save_classifier(run, model, dataset.classes, {**meta, "head": config.head})
             run.write_metrics(metrics)
         else:
             policy = _policy(config, dataset)
@@ -140,24 +140,12 @@ def finetune(config: TransferConfig) -> RunResult:
                                      seed=config.seed, param_groups=plan.param_groups,
                                      frozen_eval_modules=plan.frozen_eval_modules, regularizer=plan.regularizer,
                                      full_validation=config.full_validation, extra_metrics=extra,
-                                     model_meta=_model_meta(config, backbone),
+                                     model_meta=meta,
                                      train_collate=collate, eval_collate=collate)
         log.info("test accuracy %.4f (macro-F1 %.4f)", metrics["test_accuracy"], metrics["macro_f1"])
     finally:
         run.detach_log(handler)
     return RunResult(str(run.path), metrics)
-
-
-def _model_meta(config: TransferConfig, backbone: Backbone) -> dict[str, Any]:
-    """What ``model.json`` needs beyond the weights to rebuild the classifier (pooling and input size change the
-    features without changing any tensor shape)."""
-    meta: dict[str, Any] = {"backbone": config.backbone, "strategy": config.strategy}
-    pooling = getattr(backbone, "pooling", None)
-    if pooling is not None:
-        meta["text_pooling"] = pooling
-    else:
-        meta["image_size"] = backbone.input_spec.size[0]
-    return meta
 
 
 def _policy(config: TransferConfig, dataset: Dataset):

@@ -81,13 +81,15 @@ def for_modality(budget: BudgetPreset, modality: str) -> BudgetPreset:
                    strategies=tuple(s for s in budget.strategies if s != "partial") or ("feature-extract",))
 
 
-# How text feature-extract runs turn a frozen encoder into features and a head (part of their job keys).
-FROZEN_TEXT_SETTINGS = {"head": "logreg-cv", "text_pooling": "auto"}
+def _feature_extract_settings(modality: str) -> dict[str, str]:
+    """How feature-extract turns a frozen backbone into a classifier (part of the job key): logistic regression
+    with C by cross-validation, on text the ``auto`` pooling."""
+    return {"head": "logreg-cv", **({"text_pooling": "auto"} if modality == "text" else {})}
 
 
 def _linear_probe_settings(modality: str) -> dict[str, str]:
     """What a linear probe job's result depends on beyond its data (text probes go through feature-extract)."""
-    return {"probe_c": "cross-validated", **(FROZEN_TEXT_SETTINGS if modality == "text" else {})}
+    return {"probe_c": "cross-validated", **(_feature_extract_settings(modality) if modality == "text" else {})}
 
 
 def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], budget: BudgetPreset,
@@ -122,9 +124,7 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
             if "transfer" in approaches:
                 for backbone in backbones:
                     for strategy in budget.strategies:
-                        # The feature-extract head is logistic regression with C by cross-validation.
-                        head = ({"head": "logreg-cv", **(FROZEN_TEXT_SETTINGS if modality == "text" else {})}
-                                if strategy == "feature-extract" else {})
+                        head = _feature_extract_settings(modality) if strategy == "feature-extract" else {}
                         jobs.append(Job("transfer", f"{strategy}@{backbone}", data, fraction, seed,
                                         {**common, "epochs": budget.transfer_epochs,
                                          "max_minutes": budget.max_minutes, **head}))

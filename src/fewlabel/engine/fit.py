@@ -169,4 +169,3 @@ def save_classifier(run: RunFolder, model: nn.Module, classes: list[str], meta: 
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(run.path / "model.safetensors"))
     (run.path / "model.json").write_text(json.dumps({"classes": list(classes), **(meta or {})}, indent=2))
-

@@ -46,6 +46,7 @@ def _probe_model(c: float, seed: int) -> Pipeline:
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
 
 
+@threadpool_limits.wrap(limits=1)
 def choose_probe_c(features: np.ndarray, labels: np.ndarray, seed: int = 0,
                    grid: tuple[float, ...] = PROBE_C_GRID) -> float:
     """The ``C`` of ``grid`` with the best cross-validated accuracy on the labelled training set alone.
@@ -79,26 +80,18 @@ def choose_probe_c(features: np.ndarray, labels: np.ndarray, seed: int = 0,
     return float(best_c)
 
 
+@threadpool_limits.wrap(limits=1)
 def fit_linear_probe(features: np.ndarray, labels: np.ndarray, seed: int = 0, c: float | None = None) -> Pipeline:
     """Multinomial logistic regression on standardised frozen features; ``c=None`` chooses C by
     cross-validation (``choose_probe_c``). The fitted pipeline's ``[-1].C`` is the C used.
 
-    The fits run with one BLAS/OpenMP thread: beside PyTorch's thread pool, multi-threaded BLAS made them
+    Probe fits run with one BLAS/OpenMP thread: beside PyTorch's thread pool, multi-threaded BLAS made them
     2.5-13x slower on 2 cores (EfficientNet-Lite0 features: digits 5% 11.9 -> 0.9 s, Fashion-MNIST 10%
     11.5 -> 4.5 s, 100% 108 -> 73 s), with the same C chosen.
     """
-    with threadpool_limits(1):
-        if c is None:
-            c = choose_probe_c(features, labels, seed)
-        return _probe_model(c, seed).fit(features, labels)
-
-
-def linear_probe(
-    train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray, seed: int = 0,
-    c: float | None = None,
-) -> np.ndarray:
-    """Test predictions of ``fit_linear_probe``."""
-    return fit_linear_probe(train_features, train_labels, seed, c).predict(test_features)
+    if c is None:
+        c = choose_probe_c(features, labels, seed)
+    return _probe_model(c, seed).fit(features, labels)
 
 
 # Logit given to classes the probe never saw (absent from a tiny labelled set): never predicted.
