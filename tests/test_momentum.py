@@ -36,7 +36,7 @@ def test_update_momentum_exact_values() -> None:
 def test_update_momentum_rejects_mismatched_networks() -> None:
     with pytest.raises(ValueError):
         update_momentum(nn.Linear(2, 2), nn.Linear(2, 3), m=0.5)
-    with pytest.raises(ValueError):  # different parameter counts: zip(strict=True)
+    with pytest.raises(ValueError):  # different parameter counts
         update_momentum(nn.Linear(2, 2), nn.Linear(2, 2, bias=False), m=0.5)
 
 

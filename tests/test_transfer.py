@@ -350,3 +350,21 @@ def test_feature_cache_recomputes_when_the_table_is_gone(tmp_path: Path) -> None
     next(tmp_path.glob("*/features.npy")).unlink()  # the mask still vouches for rows 0-19
     again, hit = cached_features(backbone, dataset, np.arange(20), folder=tmp_path)
     assert not hit and torch.allclose(again, first, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_optimizer_is_fused_and_steps_like_the_per_tensor_loop(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewlabel.engine import classification
+
+    optim = classification.OptimConfig(optimizer=name, lr=0.1, weight_decay=1e-2, warmup_fraction=0.0)
+    models = [tiny_model(), tiny_model()]
+    fused = classification.optimizer_with_schedule(models[0].parameters(), optim, total_steps=10)["optimizer"]
+    monkeypatch.setattr(classification, "_fused_capable", lambda params: False)
+    plain = classification.optimizer_with_schedule(models[1].parameters(), optim, total_steps=10)["optimizer"]
+    assert fused.defaults["fused"] is True and not plain.defaults.get("fused")
+    for model, optimizer in zip(models, (fused, plain), strict=True):  # same weights, same gradients
+        torch.manual_seed(0)
+        model(torch.rand(4, 1, 8, 8)).square().mean().backward()
+        optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

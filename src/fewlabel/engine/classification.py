@@ -33,12 +33,31 @@ class OptimConfig:
     label_smoothing: float = 0.0
 
 
+# timm optimiser names that build torch's Adam/AdamW/SGD, which have fused (one-kernel) implementations.
+FUSED_OPTIMIZERS = ("adam", "adamw", "sgd", "nesterov", "momentum")
+
+
+def _fused_capable(params: list[Any]) -> bool:
+    """True when every parameter is a floating-point tensor on the CPU or a CUDA device.
+
+    Why fused: the default per-tensor loop of Adam/AdamW costs milliseconds per step on the CPU for the
+    small networks of self-supervised pretraining (MoCo's 176k parameters: 3.9 ms, fused 0.8 ms), which
+    is overhead on top of the backbone's own compute.
+    """
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    return bool(tensors) and all(isinstance(p, torch.Tensor) and p.is_floating_point()
+                                 and p.device.type in ("cpu", "cuda") for p in tensors)
+
+
 def optimizer_with_schedule(params: Any, optim: OptimConfig, total_steps: int) -> dict[str, Any]:
     """A timm optimiser plus per-step linear warm-up and cosine decay, in Lightning's return format.
 
     Parameter groups may carry timm's ``lr_scale`` (layer-wise decay); the scheduler honours it.
     """
-    extra = {"momentum": optim.momentum} if optim.optimizer in ("sgd", "nesterov", "lars") else {}
+    extra: dict[str, Any] = {"momentum": optim.momentum} if optim.optimizer in ("sgd", "nesterov", "lars") else {}
+    params = list(params)
+    if optim.optimizer in FUSED_OPTIMIZERS and _fused_capable(params):
+        extra["fused"] = True
     optimizer = create_optimizer_v2(params, opt=optim.optimizer, lr=optim.lr, weight_decay=optim.weight_decay,
                                     **extra)
     total = max(1, total_steps)
