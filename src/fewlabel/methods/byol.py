@@ -65,8 +65,8 @@ class BYOL(SSLMethod):
 
     def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         self._check_views(views, 2)
+        target0, target1 = self._target(views[0]), self._target(views[1])  # no-grad passes first, as in MoCo
         projection, prediction0 = self._online(views[0])
         _, prediction1 = self._online(views[1])
-        target0, target1 = self._target(views[0]), self._target(views[1])
         loss = 0.5 * (self.criterion(prediction0, target1) + self.criterion(prediction1, target0))
         return loss, {"loss": float(loss.detach()), "representation_std": embedding_spread(projection)}
