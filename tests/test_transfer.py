@@ -362,6 +362,8 @@ def test_optimizer_is_fused_and_steps_like_the_per_tensor_loop(name: str, monkey
     monkeypatch.setattr(classification, "_fused_capable", lambda params: False)
     plain = classification.optimizer_with_schedule(models[1].parameters(), optim, total_steps=10)["optimizer"]
     assert fused.defaults["fused"] is True and not plain.defaults.get("fused")
+    monkeypatch.undo()  # a model (timm then builds the weight-decay groups) is fused too
+    assert classification.optimizer_with_schedule(tiny_model(), optim, total_steps=10)["optimizer"].defaults["fused"]
     for model, optimizer in zip(models, (fused, plain), strict=True):  # same weights, same gradients
         torch.manual_seed(0)
         model(torch.rand(4, 1, 8, 8)).square().mean().backward()
