@@ -129,3 +129,18 @@ def test_knn_on_exported_backbone_matches_direct_features(tmp_path: Path) -> Non
         direct = backbone(InputAdapter(1, backbone.input_spec)(x))
     assert feats.shape == (4, 32)
     torch.testing.assert_close(feats, direct)  # batched extraction = the backbone on adapted inputs
+
+
+def test_resume_rebuilds_the_method_with_its_recorded_hyper_parameters(tmp_path: Path) -> None:
+    """A default changed since the run started (DINO's prototypes) must not change the resumed network."""
+    import yaml
+
+    from fewlabel.approaches.selfsupervised import load_pretrain_config
+
+    raw = {"command": "pretrain", "method": "dino", "data": "digits", "epochs": 2, "budget": {},
+           "method_options": {"student_temp": 0.2},
+           "method_hparams": {"output_dim": 4096, "hidden_dim": 512, "student_temp": 0.1, "not_an_option": 1}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    config = load_pretrain_config(tmp_path)
+    # recorded values win over today's defaults, options the user gave win over recorded ones
+    assert config.method_options == {"output_dim": 4096, "hidden_dim": 512, "student_temp": 0.2}

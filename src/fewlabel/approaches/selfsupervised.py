@@ -37,7 +37,7 @@ from fewlabel.engine.trainer import build_trainer
 from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.features import extract_features
 from fewlabel.evaluate.probes import accuracy, fit_linear_probe, knn_predict, representation_health
-from fewlabel.methods.registry import METHODS, create_method
+from fewlabel.methods.registry import METHODS, create_method, method_hparams
 from fewlabel.models.backbones import BackboneSpec, create_backbone
 from fewlabel.models.export import load_backbone, save_backbone
 from fewlabel.names import TEXT_METHODS
@@ -204,6 +204,14 @@ def load_pretrain_config(run_dir: str | Path) -> PretrainConfig:
     values = {k: v for k, v in raw.items() if k in names}
     values["optim"] = OptimConfig(**raw["optim"]) if raw.get("optim") else None
     values["budget"] = Budget(**raw["budget"])
+    # The hyper-parameters the run was built with, not today's defaults: a default changed since (DINO's
+    # prototypes, 4,096 -> 1,024) would otherwise rebuild a network its checkpoint does not fit.
+    try:
+        valid = set(method_hparams(raw.get("method", "")))
+    except FewlabelError:  # text pretraining records no image-method hyper-parameters
+        valid = set()
+    recorded = {k: v for k, v in (raw.get("method_hparams") or {}).items() if k in valid}
+    values["method_options"] = {**recorded, **(raw.get("method_options") or {})}
     return PretrainConfig(**values)
 
 
