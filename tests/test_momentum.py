@@ -33,6 +33,10 @@ def test_update_momentum_exact_values() -> None:
         update_momentum(online, ema, m=1.5)
 
 
+def test_update_momentum_on_parameter_free_modules_does_nothing() -> None:
+    update_momentum(nn.ReLU(), nn.ReLU(), m=0.5)
+
+
 def test_update_momentum_rejects_mismatched_networks() -> None:
     with pytest.raises(ValueError):
         update_momentum(nn.Linear(2, 2), nn.Linear(2, 3), m=0.5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -362,11 +363,21 @@ def test_optimizer_is_fused_and_steps_like_the_per_tensor_loop(name: str, monkey
     monkeypatch.setattr(classification, "_fused_capable", lambda params: False)
     plain = classification.optimizer_with_schedule(models[1].parameters(), optim, total_steps=10)["optimizer"]
     assert fused.defaults["fused"] is True and not plain.defaults.get("fused")
+
+    def step_both() -> None:  # same weights, same gradients, one step each
+        for model, optimizer in zip(models, (fused, plain), strict=True):
+            torch.manual_seed(0)
+            model(torch.rand(4, 1, 8, 8)).square().mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+            b.data.copy_(a.data)
+
+    step_both()
+    # A state saved by a non-fused optimiser (an older checkpoint) keeps the fused kernel on loading.
+    fused.load_state_dict(copy.deepcopy(plain.state_dict()))  # a copy: loading shares the tensors
+    assert all(group["fused"] is True for group in fused.param_groups)
+    step_both()
     monkeypatch.undo()  # a model (timm then builds the weight-decay groups) is fused too
     assert classification.optimizer_with_schedule(tiny_model(), optim, total_steps=10)["optimizer"].defaults["fused"]
-    for model, optimizer in zip(models, (fused, plain), strict=True):  # same weights, same gradients
-        torch.manual_seed(0)
-        model(torch.rand(4, 1, 8, 8)).square().mean().backward()
-        optimizer.step()
-    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

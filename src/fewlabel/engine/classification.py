@@ -51,6 +51,18 @@ def _fused_capable(params: nn.Module | list[Any]) -> bool:
                                  and p.device.type in ("cpu", "cuda") for p in tensors)
 
 
+def _keep_fused(optimizer: torch.optim.Optimizer) -> None:
+    """After loading a state saved by a non-fused optimiser (a checkpoint from before fused kernels), whose
+    groups say ``fused: None``: switch back to the fused kernel this optimiser was built for (it also expects
+    AMP's grad scale under 16-bit mixed precision), with float32 step counts on the parameters' device."""
+    for group in optimizer.param_groups:
+        group["fused"] = True
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                optimizer.state[param]["step"] = step.to(device=param.device, dtype=torch.float32)
+
+
 def optimizer_with_schedule(params: Any, optim: OptimConfig, total_steps: int) -> dict[str, Any]:
     """A timm optimiser plus per-step linear warm-up and cosine decay, in Lightning's return format.
 
@@ -58,11 +70,14 @@ def optimizer_with_schedule(params: Any, optim: OptimConfig, total_steps: int) -
     """
     extra: dict[str, Any] = {"momentum": optim.momentum} if optim.optimizer in ("sgd", "nesterov", "lars") else {}
     if not isinstance(params, nn.Module):  # timm takes a model (and sets its weight-decay groups) or params
-        params = list(params)
+        params = [{**group, "params": list(group["params"])} if isinstance(group, dict) else group
+                  for group in params]  # a group's params may be a generator: read it once, here
     if optim.optimizer in FUSED_OPTIMIZERS and _fused_capable(params):
         extra["fused"] = True
     optimizer = create_optimizer_v2(params, opt=optim.optimizer, lr=optim.lr, weight_decay=optim.weight_decay,
                                     **extra)
+    if extra.get("fused"):
+        optimizer.register_load_state_dict_post_hook(_keep_fused)
     total = max(1, total_steps)
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=optim.lr * optim.min_lr_ratio,
                                   warmup_t=int(total * optim.warmup_fraction), warmup_lr_init=optim.lr * 0.01,

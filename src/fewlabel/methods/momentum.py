@@ -27,6 +27,8 @@ def update_momentum(model: nn.Module, ema_model: nn.Module, m: float) -> None:
     for ema_param, param in zip(ema_params, params, strict=True):
         if ema_param.shape != param.shape:
             raise ValueError(f"parameter shapes differ: {tuple(ema_param.shape)} vs {tuple(param.shape)}")
+    if not ema_params:
+        return
     # One multi-tensor kernel per operation instead of two per parameter (about 3x faster on the CPU).
     torch._foreach_mul_(ema_params, m)
     torch._foreach_add_(ema_params, params, alpha=1.0 - m)
