@@ -98,7 +98,7 @@ def speed_rounds(method: str, args: argparse.Namespace) -> dict:
     """Pipeline speed against the bare references, in rounds measured back to back.
 
     Each round: one epoch of ``pretrain`` over the whole pool (the whole call: Lightning start-up, batched
-    views, heads, loss, EMA, the monitor, the checkpoint and the export; into a temporary folder), then
+    views, heads, loss, EMA, the monitor and the checkpoint: ``trainer.fit``; into a temporary folder), then
     each bare reference for ``args.bare_seconds``. This VM's speed drifts by up to 20% between
     measurements minutes apart, so the overhead is the median over rounds of ratios taken within a round.
     """
@@ -139,7 +139,8 @@ def main() -> None:
     if args.speed_rounds:
         for method in args.methods.split(","):
             store.run({"method": method, "kind": "speed", "rounds_wanted": args.speed_rounds, "width": args.width,
-                       "batch_size": args.batch_size, "threads": threads, "method_hparams": method_hparams(method)},
+                       "batch_size": args.batch_size, "local_crops": args.local_crops, "seed": args.seed,
+                       "bare_seconds": args.bare_seconds, "threads": threads, "method_hparams": method_hparams(method)},
                       lambda method=method: speed_rounds(method, args))
         print_speed_table(store)
         return

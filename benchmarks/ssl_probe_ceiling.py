@@ -37,6 +37,8 @@ def stage_features(run: str, samples: torch.Tensor, indices: np.ndarray) -> dict
     backbone, _ = load_backbone(run)
     backbone.eval()
     body, adapter = backbone.body, InputAdapter(samples.shape[1], backbone.input_spec)
+    if not isinstance(getattr(body, "maxpool", None), torch.nn.Identity):
+        raise SystemExit("ssl_probe_ceiling.py reads the stages of the small ResNets only (3x3 stem, no max-pool)")
     stages = [name for name in ("layer1", "layer2", "layer3", "layer4")
               if any(True for _ in getattr(body, name).parameters())]
     out: dict[str, list[torch.Tensor]] = {name: [] for name in VARIANTS}
