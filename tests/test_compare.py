@@ -110,6 +110,25 @@ def test_report_from_stored_results_without_training(tmp_path: Path, capsys: pyt
     assert (tmp_path / "figures" / "label_efficiency.png").stat().st_size > 1000
 
 
+def test_report_leaves_out_results_of_an_earlier_grid(tmp_path: Path) -> None:
+    """Results of jobs no longer in the folder's grid stay on disk but are not averaged into the report."""
+    import yaml
+
+    args = (["0.1", "1"], ["supervised", "transfer", "selfsupervised"], BUDGETS["small"], ["efficientnet_lite0"])
+    old = build_grid("digits", args[0], 3, *args[1:])
+    execute(old, ResultStore(tmp_path), runner=fake_runner([]))
+    current = build_grid("digits", args[0], 2, *args[1:])  # seeds 0 and 1 of the same grid
+    assert {j.key() for j in current} < {j.key() for j in old}
+    (tmp_path / "compare.yaml").write_text(yaml.safe_dump({"data": "digits",
+                                                           "job_keys": [j.key() for j in current]}))
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "(n=2)" in md and "(n=3)" not in md
+    left_out = len(old) - len(current)
+    assert f"{left_out} stored result(s) from earlier settings" in md
+    assert len(list((tmp_path / "results").glob("*.json"))) == len(old)  # nothing deleted
+
+
 def test_report_without_results_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "no compare results" in capsys.readouterr().err

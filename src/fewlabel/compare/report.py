@@ -191,7 +191,8 @@ def time_cap_notes(results: list[dict[str, Any]]) -> list[str]:
             "understates what it reaches with the planned budget." for name, epochs in sorted(cut.items())]
 
 
-def write_report(results: list[dict[str, Any]], out: str | Path, title: str, setup: dict[str, Any]) -> Path:
+def write_report(results: list[dict[str, Any]], out: str | Path, title: str, setup: dict[str, Any],
+                 extra_notes: list[str] | None = None) -> Path:
     """Write report.md, report.html and figures/ under ``out``; returns the HTML path."""
     out = Path(out)
     table = collect(results)
@@ -199,7 +200,7 @@ def write_report(results: list[dict[str, Any]], out: str | Path, title: str, set
     figures = _plots(table, out / "figures") if table["fractions"] else []
     header, rows = _table_rows(table)
     notes = (retention_notes(table, recs) + domain_notes(table) + time_cap_notes(results)
-             + [f"collapse warning: {w}" for w in table["warnings"]])
+             + [f"collapse warning: {w}" for w in table["warnings"]] + list(extra_notes or []))
 
     md = [f"# {title}", "", "## Set-up", ""]
     md += [f"- **{k}**: {v}" for k, v in setup.items()]

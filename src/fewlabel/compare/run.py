@@ -49,12 +49,15 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     (out / "logs").mkdir(exist_ok=True)
     handler = run.attach_log()
     try:
+        keys = [job.key() for job in jobs]
         (out / "compare.yaml").write_text(yaml.safe_dump({**asdict(config), "budget_preset": asdict(budget),
-                                                          "jobs": len(jobs)}, sort_keys=False))
+                                                          "jobs": len(jobs), "job_keys": keys}, sort_keys=False))
         store = ResultStore(out)
         ran, skipped = execute(jobs, store, limit=config.max_jobs)
-        html = write_report(store.all_results(), out, f"fewlabel compare: {dataset.name}",
-                            setup=_setup(config, dataset, for_modality(budget, dataset.modality), backbones))
+        results, notes = _grid_results(store, set(keys))
+        html = write_report(results, out, f"fewlabel compare: {dataset.name}",
+                            setup=_setup(config, dataset, for_modality(budget, dataset.modality), backbones),
+                            extra_notes=notes)
     finally:
         run.detach_log(handler)
     return {"jobs": len(jobs), "ran": ran, "skipped": skipped, "report_html": str(html),
@@ -70,7 +73,26 @@ def report_only(folder: str | Path) -> Path:
         raise FewlabelError(f"{folder} holds no compare results (results/*.json); run `fewlabel compare` first")
     raw = yaml.safe_load((folder / "compare.yaml").read_text()) if (folder / "compare.yaml").is_file() else {}
     setup = {k: raw[k] for k in ("data", "labels", "seeds", "approaches", "budget") if k in raw}
-    return write_report(results, folder, f"fewlabel compare: {raw.get('data', folder.name)}", setup=setup)
+    results, notes = _grid_results(store, set(raw["job_keys"]) if raw.get("job_keys") else None)
+    return write_report(results, folder, f"fewlabel compare: {raw.get('data', folder.name)}", setup=setup,
+                        extra_notes=notes)
+
+
+def _grid_results(store: ResultStore, keys: set[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
+    """The stored results of the folder's current grid, and a note on any left out.
+
+    Why: a rerun with changed settings (a new default head, a longer budget) gives changed jobs new keys;
+    their old results stay on disk, untouched, but averaging them with the new ones would report a mix of
+    two set-ups. ``keys=None`` (a folder from before grids were recorded) keeps every result.
+    """
+    results = store.all_results()
+    if keys is None:
+        return results, []
+    current = [r for r in results if r.get("key") in keys]
+    left_out = len(results) - len(current)
+    note = (f"{left_out} stored result(s) from earlier settings (results/ in this folder) are not part of this "
+            "report: their jobs are not in the current grid.")
+    return current, [note] if left_out else []
 
 
 def _setup(config: CompareConfig, dataset, budget, backbones: list[str]) -> dict[str, Any]:
