@@ -34,7 +34,11 @@ def test_update_momentum_exact_values() -> None:
 
 
 def test_update_momentum_on_parameter_free_modules_does_nothing() -> None:
-    update_momentum(nn.ReLU(), nn.ReLU(), m=0.5)
+    # No parameters (an empty multi-tensor update used to raise); buffers are never averaged.
+    online, ema = nn.BatchNorm1d(3, affine=False), nn.BatchNorm1d(3, affine=False)
+    online.running_mean.fill_(5.0)
+    update_momentum(online, ema, m=0.5)
+    assert ema.running_mean.tolist() == [0.0, 0.0, 0.0]
 
 
 def test_update_momentum_rejects_mismatched_networks() -> None:

@@ -22,9 +22,7 @@ def update_momentum(model: nn.Module, ema_model: nn.Module, m: float) -> None:
     if not 0.0 <= m <= 1.0:
         raise ValueError(f"momentum must lie in [0, 1], got {m}")
     ema_params, params = list(ema_model.parameters()), [p.detach() for p in model.parameters()]
-    if len(ema_params) != len(params):
-        raise ValueError(f"the networks hold {len(params)} and {len(ema_params)} parameters")
-    for ema_param, param in zip(ema_params, params, strict=True):
+    for ema_param, param in zip(ema_params, params, strict=True):  # different counts: ValueError too
         if ema_param.shape != param.shape:
             raise ValueError(f"parameter shapes differ: {tuple(ema_param.shape)} vs {tuple(param.shape)}")
     if not ema_params:
