@@ -33,22 +33,20 @@ VARIANTS = ("last", "stages", "last2x2")
 
 @torch.no_grad()
 def stage_features(run: str, samples: torch.Tensor, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """The three feature variants of a timm-ResNet-bodied export (the small ResNets) for ``samples[indices]``."""
+    """The three feature variants of an export with a timm ResNet body, for ``samples[indices]``.
+
+    The stage outputs come from timm's ``forward_intermediates`` (index 0 is the stem, 1-4 the layers);
+    stages the small ResNets replace by ``Identity`` are skipped.
+    """
     backbone, _ = load_backbone(run)
     backbone.eval()
     body, adapter = backbone.body, InputAdapter(samples.shape[1], backbone.input_spec)
-    if not isinstance(getattr(body, "maxpool", None), torch.nn.Identity):
-        raise SystemExit("ssl_probe_ceiling.py reads the stages of the small ResNets only (3x3 stem, no max-pool)")
-    stages = [name for name in ("layer1", "layer2", "layer3", "layer4")
+    stages = [index for index, name in enumerate(("layer1", "layer2", "layer3", "layer4"), start=1)
               if any(True for _ in getattr(body, name).parameters())]
     out: dict[str, list[torch.Tensor]] = {name: [] for name in VARIANTS}
     for start in range(0, len(indices), 1000):
         x = adapter(samples[torch.as_tensor(indices[start:start + 1000])])
-        x = body.act1(body.bn1(body.conv1(x)))
-        maps = []
-        for name in stages:
-            x = getattr(body, name)(x)
-            maps.append(x)
+        maps = body.forward_intermediates(x, indices=stages, intermediates_only=True)
         out["last"].append(maps[-1].mean((2, 3)))
         out["stages"].append(torch.cat([m.mean((2, 3)) for m in maps], 1))
         out["last2x2"].append(F.adaptive_avg_pool2d(maps[-1], 2).flatten(1))
