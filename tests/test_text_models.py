@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,26 @@ def test_tokenizer_has_bert_specials_and_known_vocab(tokenizer) -> None:
     assert len(tokenizer) < 200  # the tiny corpus has fewer pieces than the cap
     with pytest.raises(FewlabelError, match="no text"):
         train_wordpiece_tokenizer(["", "  "], vocab_size=50)
+
+
+def test_tokenizer_training_is_deterministic() -> None:
+    """Equally frequent merges abound in a small corpus; the vocabulary must not depend on hash-map order
+    (huggingface/tokenizers#1794): same texts, same pieces and ids, run after run and process after process."""
+    import subprocess
+    import sys
+
+    texts = ["a wonderful heartfelt film", "great acting and a lovely story", "brilliant funny and warm",
+             "a dull boring mess", "terrible acting and a weak plot", "tedious and flat", "awful lifeless script"] * 3
+    first = train_wordpiece_tokenizer(texts, vocab_size=120, min_frequency=1)
+    for _ in range(5):
+        assert train_wordpiece_tokenizer(texts, vocab_size=120, min_frequency=1).get_vocab() == first.get_vocab()
+    code = ("import json, sys; from fewlabel.models.text import train_wordpiece_tokenizer as t; "
+            "print(json.dumps(t(json.loads(sys.argv[1]), vocab_size=120, min_frequency=1).get_vocab()))")
+    other = subprocess.run([sys.executable, "-c", code, json.dumps(texts)], capture_output=True, text=True, check=True)
+    assert json.loads(other.stdout) == first.get_vocab()
+    assert first.all_special_ids == [1, 3, 0, 2, 4] and first.all_special_tokens == [
+        "[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"]  # the pieces added for training are ordinary tokens
+    assert "##e" in first.get_vocab()
 
 
 def test_collator_shapes_labels_and_augment(tokenizer) -> None:

@@ -132,3 +132,73 @@ def test_tiny_clm_takes_optimizer_steps(tokenizer) -> None:
 def test_model_shape_is_checked() -> None:
     with pytest.raises(FewlabelError, match="multiple"):
         build_small_encoder(100, hidden_size=30, num_heads=4)
+
+
+def _varied_texts(count: int) -> list[str]:
+    words = " ".join(CORPUS).split()
+    rng = torch.Generator().manual_seed(0)
+    lengths = torch.randint(3, 40, (count,), generator=rng).tolist()
+    starts = torch.randint(0, len(words) - 40, (count,), generator=rng).tolist()
+    return [" ".join(words[s : s + n]) for s, n in zip(starts, lengths, strict=True)]
+
+
+def test_collator_masks_15_percent_of_ordinary_tokens_and_never_padding(tokenizer) -> None:
+    collate = MaskedLMCollator(tokenizer, max_length=48, seed=0)
+    specials = torch.tensor(sorted(set(tokenizer.all_special_ids)))
+    selected_total = maskable_total = 0
+    corpus = _varied_texts(800)
+    for start in range(0, 800, 32):
+        texts = corpus[start : start + 32]
+        batch = collate(texts)
+        plain = tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")
+        ids, attention, labels = plain["input_ids"], batch["attention_mask"], batch["labels"]
+        assert torch.equal(attention, plain["attention_mask"]) and (attention == 0).any()  # the batch is padded
+        selected = labels != IGNORE_INDEX
+        assert not (selected & (attention == 0)).any()  # padding is never a target...
+        assert (batch["input_ids"][attention == 0] == tokenizer.pad_token_id).all()  # ...nor replaced
+        assert not (selected & torch.isin(ids, specials)).any()  # nor are [CLS]/[SEP]
+        assert torch.equal(labels[selected], ids[selected])
+        maskable = (attention == 1) & ~torch.isin(ids, specials)
+        selected_total += int(selected.sum())
+        maskable_total += int(maskable.sum())
+    assert 0.13 < selected_total / maskable_total < 0.17
+
+
+def test_collator_masks_are_seeded_and_ignore_the_global_rng(tokenizer) -> None:
+    texts = _varied_texts(64)
+    one = MaskedLMCollator(tokenizer, max_length=48, seed=5)
+    two = MaskedLMCollator(tokenizer, max_length=48, seed=5)
+    for i in range(0, 64, 16):
+        a = one(texts[i : i + 16])
+        torch.manual_seed(100 + i)  # whatever else draws from the global RNG in between
+        torch.rand(10)
+        b = two(texts[i : i + 16])
+        assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["labels"], b["labels"])
+    repeat = one(texts[:16])  # dynamic masking: the same texts get new masks in the next batch
+    assert not torch.equal(repeat["labels"], MaskedLMCollator(tokenizer, max_length=48, seed=5)(texts[:16])["labels"])
+    other = MaskedLMCollator(tokenizer, max_length=48, seed=6)(texts[:16])
+    assert not torch.equal(other["labels"], MaskedLMCollator(tokenizer, max_length=48, seed=5)(texts[:16])["labels"])
+    g1 = MaskedLMCollator(tokenizer, generator=torch.Generator().manual_seed(2))(texts)
+    g2 = MaskedLMCollator(tokenizer, generator=torch.Generator().manual_seed(2))(texts)
+    assert torch.equal(g1["input_ids"], g2["input_ids"]) and torch.equal(g1["labels"], g2["labels"])
+    with pytest.raises(FewlabelError, match="mlm_probability"):
+        MaskedLMCollator(tokenizer, mlm_probability=1.0)
+    with pytest.raises(FewlabelError, match="not both"):
+        MaskedLMCollator(tokenizer, seed=1, generator=torch.Generator())
+
+
+def test_causal_collator_keeps_real_tokens_that_share_the_pad_id(tokenizer) -> None:
+    from copy import deepcopy
+
+    texts = ["the film is a quiet delight", "a dull sequel"]
+    batch = CausalLMCollator(tokenizer, max_length=32)(texts)
+    real = batch["attention_mask"] == 1
+    assert torch.equal(batch["labels"][real], batch["input_ids"][real])
+    assert (batch["labels"][~real] == IGNORE_INDEX).all() and (~real).any()
+    gpt_style = deepcopy(tokenizer)
+    gpt_style.pad_token = gpt_style.sep_token  # pads with a token that also ends every text (like GPT-2's eos)
+    batch = CausalLMCollator(gpt_style, max_length=32)(texts)
+    real = batch["attention_mask"] == 1
+    assert (batch["input_ids"][real] == gpt_style.sep_token_id).sum() == 2  # each text's own [SEP]...
+    assert torch.equal(batch["labels"][real], batch["input_ids"][real])  # ...stays a target
+    assert (batch["labels"][~real] == IGNORE_INDEX).all()

@@ -1,9 +1,11 @@
 """Text augmentation policies (EDA, Wei & Zou 2019): random deletion, random swap, WordNet synonym replacement.
 
 A policy is a callable ``str -> str`` that draws from its own ``rng`` (a ``random.Random``; a seed, a
-``torch.Generator`` or ``None`` also work), so a run is reproducible from its seed. With several DataLoader
-workers, reseed each copy in ``worker_init_fn`` (``policy.rng.seed(...)``), or the workers repeat each other.
-Texts are split on whitespace and re-joined with single spaces.
+``torch.Generator`` or ``None`` also work), so a run is reproducible from its seed. In DataLoader workers each
+copy of a policy reseeds itself on first use from its seeded state and the worker's seed
+(``torch.utils.data.get_worker_info().seed``: the loader's base seed + the worker id), so workers draw different
+augmentations and the same seeds still give the same ones; in the main process (``num_workers=0``) nothing is
+reseeded. Texts are split on whitespace and re-joined with single spaces.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import get_worker_info
 
 from fewlabel.errors import FewlabelError
 from fewlabel.names import TEXT_POLICIES
@@ -43,7 +46,11 @@ RngLike = random.Random | torch.Generator | int | None
 
 
 class _Rng:
-    """Adapts the accepted seeds to one ``random.Random`` per call (a torch generator seeds a fresh one)."""
+    """Adapts the accepted seeds to one ``random.Random`` per call (a torch generator seeds a fresh one).
+
+    A DataLoader copies the policy into every worker with the same random state; on its first call in a worker
+    the copy reseeds from that state and the worker's seed, once per worker process.
+    """
 
     def __init__(self, rng: RngLike):
         self.generator = rng if isinstance(rng, torch.Generator) else None
@@ -51,15 +58,37 @@ class _Rng:
             self.rng = rng
         else:
             self.rng = random.Random(rng if isinstance(rng, int) else None)
+        self._worker: tuple[int, int] | None = None  # (process id, worker seed) this copy was reseeded for
 
     def get(self) -> random.Random:
+        worker = get_worker_info()
+        if worker is not None and self._worker != (os.getpid(), worker.seed):
+            self._reseed_for_worker(worker.seed)
         if self.generator is not None:
             self.rng.seed(int(torch.randint(0, 2**62, (1,), generator=self.generator)))
         return self.rng
 
+    def _reseed_for_worker(self, worker_seed: int) -> None:
+        """Mix the worker's seed (the loader's base seed + worker id; the base is drawn per epoch from the loader's
+        generator, else torch's global RNG) and the distributed rank into the state every copy shares."""
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank = torch.distributed.get_rank() if distributed else 0
+        if self.generator is not None:
+            shared = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+            self.generator = torch.Generator().manual_seed(_mix(shared, worker_seed, rank))
+        else:
+            self.rng.seed(_mix(self.rng.getrandbits(64), worker_seed, rank))
+        self._worker = (os.getpid(), worker_seed)
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers, the same in every process (unlike ``hash``)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
 
 class TextAugmentation:
-    """Base of the policies: holds the random source; ``rng`` may be reseeded per DataLoader worker."""
+    """Base of the policies: holds the random source (reseeded on first use in each DataLoader worker)."""
 
     name = "identity"
 
@@ -175,8 +204,8 @@ def _readable_wordnet_folder(folder: Path) -> Path:
                 continue
         _write_atomically(target, lambda tmp, file=file: shutil.copy2(file, tmp))
     lexnames = "".join(f"{i:02d}\t{name}\t{_CATEGORY[name.split('.')[0]]}\n" for i, name in enumerate(_LEXNAMES))
-    if not (copy / "lexnames").is_file() or (copy / "lexnames").read_text() != lexnames:
-        _write_atomically(copy / "lexnames", lambda tmp: tmp.write_text(lexnames))
+    if not (copy / "lexnames").is_file() or (copy / "lexnames").read_text(encoding="utf-8") != lexnames:
+        _write_atomically(copy / "lexnames", lambda tmp: tmp.write_text(lexnames, encoding="utf-8"))
     return copy
 
 

@@ -1,5 +1,6 @@
 """Self-supervised text pretraining targets: masked-LM (BERT) dynamic masking and next-token (causal LM) labels,
-plus small BERT / GPT-2 models built from configs for from-scratch, in-domain pretraining.
+both by ``transformers.DataCollatorForLanguageModeling``, plus small BERT / GPT-2 models built from configs for
+from-scratch, in-domain pretraining.
 
 Masking is *dynamic*: drawn anew for every batch (RoBERTa), so each epoch sees different masked positions.
 Labels use ``-100`` wherever no loss is wanted, the ignore index of Hugging Face models' cross-entropy.
@@ -21,9 +22,52 @@ IGNORE_INDEX = -100
 
 
 def special_tokens_mask(input_ids: torch.Tensor, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """True where ``input_ids`` holds a special token ([CLS], [SEP], [PAD], ...): these are never masked."""
+    """True where ``input_ids`` holds a special token ([CLS], [SEP], [PAD], [UNK], [MASK]...): never masked.
+
+    Stricter than the ``special_tokens_mask`` a fast tokenizer returns, which marks only the tokens its template
+    adds: an [UNK] or a literal "[MASK]" in the text would otherwise become a prediction target.
+    """
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=input_ids.dtype, device=input_ids.device)
     return torch.isin(input_ids, special)
+
+
+def _check_mlm(tokenizer: PreTrainedTokenizerBase, mlm_probability: float) -> None:
+    if not 0.0 < mlm_probability < 1.0:
+        raise FewlabelError(f"mlm_probability {mlm_probability} must be in (0, 1)")
+    if tokenizer.mask_token_id is None:
+        raise FewlabelError("masked-LM pretraining needs a tokenizer with a [MASK] token")
+
+
+def _language_modeling_collator(tokenizer: PreTrainedTokenizerBase, mlm: bool, mlm_probability: float = 0.15,
+                                seed: int | None = None, generator: torch.Generator | None = None):
+    """``transformers.DataCollatorForLanguageModeling`` (80/10/10 masking, -100 labels, padding).
+
+    Its random numbers come from its own generator: from ``seed`` (offset by the worker id in DataLoader
+    workers), else ``generator``, else torch's global RNG.
+    """
+    from transformers import DataCollatorForLanguageModeling
+
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=mlm, mlm_probability=mlm_probability if mlm else None,
+                                               return_tensors="pt", seed=seed)
+    if generator is not None and seed is None:
+        collator.generator = generator  # the collator draws every mask from .generator (None: the global RNG)
+    return collator
+
+
+def _redraw_special_replacements(inputs: torch.Tensor, labels: torch.Tensor, tokenizer: PreTrainedTokenizerBase,
+                                 generator: torch.Generator | None, ordinary: torch.Tensor | None = None) -> None:
+    """The collator's random replacements come from the whole vocabulary; redraw (in place) the few that hit a
+    special token other than [MASK] from the ordinary tokens, so the model is never fed a stray [CLS]/[PAD].
+
+    A selected position holds a special token only after such a draw: special tokens are never selected.
+    """
+    specials = sorted(set(tokenizer.all_special_ids) - {tokenizer.mask_token_id})
+    stray = (labels != IGNORE_INDEX) & torch.isin(inputs, torch.tensor(specials, dtype=inputs.dtype))
+    count = int(stray.sum())
+    if count:
+        ordinary = _ordinary_ids(tokenizer) if ordinary is None else ordinary
+        picks = torch.randint(len(ordinary), (count,), generator=generator)
+        inputs[stray] = ordinary[picks].to(inputs.dtype)
 
 
 def mask_tokens(
@@ -33,41 +77,24 @@ def mask_tokens(
     generator: torch.Generator | None = None,
     attention_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: select ``mlm_probability`` of the ordinary tokens; of those 80% -> [MASK], 10% -> a random
-    ordinary token, 10% unchanged. Returns (masked inputs, labels = original id at selected positions, -100
-    elsewhere). Special tokens and padding (also positions with ``attention_mask == 0``) are never selected.
-
-    The random replacements are drawn from ordinary tokens only, so the model is never fed a stray [CLS]/[PAD].
-    ``input_ids`` is not modified.
+    """BERT masking of an already padded CPU batch, by ``DataCollatorForLanguageModeling``: select
+    ``mlm_probability`` of the ordinary tokens; of those 80% -> [MASK], 10% -> a random ordinary token, 10%
+    unchanged. Returns (masked inputs, labels = original id at selected positions, -100 elsewhere). Special tokens
+    and padding (also positions with ``attention_mask == 0``) are never selected. ``input_ids`` is not modified.
     """
-    if not 0.0 < mlm_probability < 1.0:
-        raise FewlabelError(f"mlm_probability {mlm_probability} must be in (0, 1)")
-    if tokenizer.mask_token_id is None:
-        raise FewlabelError("masked-LM pretraining needs a tokenizer with a [MASK] token")
-    device = input_ids.device
+    _check_mlm(tokenizer, mlm_probability)
     protected = special_tokens_mask(input_ids, tokenizer)
     if attention_mask is not None:
         protected |= attention_mask == 0
-    probabilities = torch.full(input_ids.shape, mlm_probability, device=device)
-    probabilities.masked_fill_(protected, 0.0)
-    selected = torch.bernoulli(probabilities, generator=generator).bool()
-    labels = input_ids.clone()
-    labels[~selected] = IGNORE_INDEX
-    inputs = input_ids.clone()
-    to_mask = torch.bernoulli(torch.full(input_ids.shape, 0.8, device=device), generator=generator).bool() & selected
-    inputs[to_mask] = tokenizer.mask_token_id
-    # Half of the remaining 20% (i.e. 10% of the selected) get a random token; the last 10% stay unchanged.
-    to_random = (torch.bernoulli(torch.full(input_ids.shape, 0.5, device=device), generator=generator).bool()
-                 & selected & ~to_mask)
-    ordinary = _ordinary_ids(tokenizer, device)
-    picks = torch.randint(len(ordinary), input_ids.shape, generator=generator, device=device)
-    inputs[to_random] = ordinary[picks][to_random].to(inputs.dtype)
+    collator = _language_modeling_collator(tokenizer, True, mlm_probability, generator=generator)
+    inputs, labels = collator.torch_mask_tokens(input_ids.clone(), special_tokens_mask=protected)
+    _redraw_special_replacements(inputs, labels, tokenizer, generator)
     return inputs, labels
 
 
-def _ordinary_ids(tokenizer: PreTrainedTokenizerBase, device: torch.device) -> torch.Tensor:
+def _ordinary_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     special = set(tokenizer.all_special_ids)
-    ordinary = torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long, device=device)
+    ordinary = torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
     if len(ordinary) == 0:
         raise FewlabelError("the tokenizer has only special tokens; train it on some text first")
     return ordinary
@@ -88,36 +115,65 @@ def causal_lm_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
     return labels
 
 
+def _encode(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int,
+            with_special_mask: bool = False) -> list[dict[str, list[int]]]:
+    """One feature dict per text (unpadded): the examples ``DataCollatorForLanguageModeling`` pads."""
+    encoded = tokenizer(list(texts), truncation=True, max_length=max_length, return_token_type_ids=False,
+                        return_attention_mask=True)
+    special = set(tokenizer.all_special_ids)
+    examples = []
+    for ids, attention in zip(encoded["input_ids"], encoded["attention_mask"], strict=True):
+        example = {"input_ids": ids, "attention_mask": attention}
+        if with_special_mask:  # padded with 1 by the tokenizer, so padding is never masked either
+            example["special_tokens_mask"] = [int(i in special) for i in ids]
+        examples.append(example)
+    return examples
+
+
 class MaskedLMCollator:
-    """``collate_fn`` for masked-LM pretraining on raw texts: tokenize, pad, then mask dynamically per batch."""
+    """``collate_fn`` for masked-LM pretraining on raw texts: tokenize, then ``DataCollatorForLanguageModeling``
+    pads and masks dynamically per batch (15% of the ordinary tokens by default, 80/10/10).
+
+    Randomness: ``seed`` gives the collator its own generator (seed + worker id inside DataLoader workers), so
+    the masks do not depend on what else drew from torch's global RNG; or pass a ``generator``; neither: the
+    global RNG.
+    """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 128, mlm_probability: float = 0.15,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, seed: int | None = None):
+        _check_mlm(tokenizer, mlm_probability)
+        if generator is not None and seed is not None:
+            raise FewlabelError("give the masked-LM collator a seed or a generator, not both")
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.mlm_probability = mlm_probability
-        self.generator = generator
+        self.collator = _language_modeling_collator(tokenizer, True, mlm_probability, seed=seed, generator=generator)
+        self._ordinary = _ordinary_ids(tokenizer)
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt", return_token_type_ids=False)
-        inputs, labels = mask_tokens(encoded["input_ids"], self.tokenizer, self.mlm_probability, self.generator,
-                                     encoded["attention_mask"])
-        return {"input_ids": inputs, "attention_mask": encoded["attention_mask"], "labels": labels}
+        batch = self.collator(_encode(self.tokenizer, texts, self.max_length, with_special_mask=True))
+        _redraw_special_replacements(batch["input_ids"], batch["labels"], self.tokenizer, self.collator.generator,
+                                     self._ordinary)
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": batch["labels"]}
 
 
 class CausalLMCollator:
-    """``collate_fn`` for next-token pretraining on raw texts: tokenize, pad, and label every real token."""
+    """``collate_fn`` for next-token pretraining on raw texts: tokenize, then ``DataCollatorForLanguageModeling``
+    (``mlm=False``) pads and labels every token, padding -100."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 128):
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.collator = _language_modeling_collator(tokenizer, False)
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        encoded = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt", return_token_type_ids=False)
-        return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
-                "labels": causal_lm_labels(encoded["input_ids"], encoded["attention_mask"])}
+        batch = self.collator(_encode(self.tokenizer, texts, self.max_length))
+        # The collator finds padding by its id; a tokenizer that pads with a real token (GPT-2's end-of-text)
+        # would lose that token's real targets, so positions the attention mask marks as real stay targets.
+        real = batch["attention_mask"] == 1
+        labels = batch["labels"]
+        labels[real] = batch["input_ids"][real]
+        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
 def build_small_encoder(vocab_size: int, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4,

@@ -334,6 +334,11 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_
     """A BERT-style WordPiece tokenizer trained on ``texts`` (for from-scratch models and in-domain pretraining).
 
     Special tokens get fixed ids: ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4.
+
+    The same texts always give the same vocabulary. The ``tokenizers`` trainer on its own does not guarantee
+    that (huggingface/tokenizers#1794): it numbers the continuing-subword characters (``##e``...) in hash-map
+    order, and those numbers break ties between equally frequent merges. Here they are created up front, sorted,
+    as tokens of the trainer, then the trained vocabulary becomes an ordinary WordPiece model.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -343,14 +348,24 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_
         raise FewlabelError("cannot train a tokenizer on no text; pass at least one non-empty text")
     if vocab_size <= len(SPECIAL_TOKENS):
         raise FewlabelError(f"tokenizer vocab_size {vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-    tokenizer.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                      strip_accents=None, lowercase=lowercase)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                            lowercase=lowercase)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    inner = sorted({c for text in corpus for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+                    for c in word[1:]})
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=list(SPECIAL_TOKENS), continuing_subword_prefix="##",
-                                        show_progress=False)
-    tokenizer.train_from_iterator(corpus, trainer=trainer)
+                                        special_tokens=[*SPECIAL_TOKENS, *(f"##{c}" for c in inner)],
+                                        continuing_subword_prefix="##", show_progress=False)
+    training = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    training.normalizer = normalizer
+    training.pre_tokenizer = pre_tokenizer
+    training.train_from_iterator(corpus, trainer=trainer)
+    # The trained vocabulary, with only the real special tokens marked special.
+    tokenizer = Tokenizer(models.WordPiece(vocab=training.get_vocab(), unk_token="[UNK]",
+                                           continuing_subword_prefix="##"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = pre_tokenizer
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
