@@ -13,7 +13,7 @@ import torch
 class CellStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"cells": []}
+        self.data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.exists() else {"cells": []}
         self.data["machine"] = {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
                                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -29,5 +29,5 @@ class CellStore:
         result = work()
         self.data["cells"].append({**key, **result})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
+        self.path.write_text(json.dumps(self.data, indent=2) + "\n", encoding="utf-8")
         print(json.dumps({**key, **{k: v for k, v in result.items() if not isinstance(v, dict | list)}}), flush=True)

@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     results_path = Path(args.results)
-    results = json.loads(results_path.read_text()) if results_path.exists() else {"cells": []}
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {"cells": []}
     done = {(c["labels"], c["augment"], c["seed"]) for c in results["cells"]}
     results["machine"] = {"torch": str(torch.__version__), "threads": torch.get_num_threads(),
                           "cuda": torch.cuda.is_available()}
@@ -67,7 +67,7 @@ def main() -> None:
                     "wall_seconds": round(time.perf_counter() - started, 1), "run_dir": run.run_dir,
                 })
                 results_path.parent.mkdir(parents=True, exist_ok=True)
-                results_path.write_text(json.dumps(results, indent=2) + "\n")
+                results_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
                 print(f"{fraction:>5} {policy:<12} seed {seed}: {m['test_accuracy']:.4f} "
                       f"({m['train_seconds']:.0f} s)", flush=True)
     print(table(results["cells"]))

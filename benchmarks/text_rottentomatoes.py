@@ -139,7 +139,8 @@ def main() -> None:
 
 def table(paths: list[str]) -> str:
     """Markdown: accuracy mean ± 95% CI over seeds and mean wall seconds per (approach, fraction)."""
-    stored = [c for path in paths if Path(path).is_file() for c in json.loads(Path(path).read_text())["cells"]]
+    stored = [c for path in paths if Path(path).is_file()
+              for c in json.loads(Path(path).read_text(encoding="utf-8"))["cells"]]
     cells = [c for c in stored if "labels" in c]
     fractions = sorted({c["labels"] for c in cells}, key=float)
     lines = ["| approach | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",

@@ -64,7 +64,8 @@ def main() -> None:
 
 def table(cells: list[dict], scratch_path: str) -> str:
     """Markdown: each strategy per fraction (accuracy, seconds), then the best from-scratch cell and the gap."""
-    scratch = json.loads(Path(scratch_path).read_text())["cells"] if Path(scratch_path).is_file() else []
+    scratch = (json.loads(Path(scratch_path).read_text(encoding="utf-8"))["cells"] if Path(scratch_path).is_file()
+               else [])
     fractions = sorted({c["labels"] for c in cells}, key=float)
     lines = ["| strategy | " + " | ".join(f"{float(f):.0%} labels" for f in fractions) + " |",
              "|---|" + "---|" * len(fractions)]

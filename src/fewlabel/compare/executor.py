@@ -13,7 +13,7 @@ from typing import Any
 
 from fewlabel.compare.grid import Job
 from fewlabel.engine.fit import Budget
-from fewlabel.engine.run import LOGGER_NAME, atomic_write
+from fewlabel.engine.run import LOGGER_NAME, atomic_write, is_rank_zero
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -30,7 +30,7 @@ class ResultStore:
         return (self.results / f"{job.key()}.json").is_file()
 
     def load(self, job: Job) -> dict[str, Any]:
-        return json.loads((self.results / f"{job.key()}.json").read_text())
+        return json.loads((self.results / f"{job.key()}.json").read_text(encoding="utf-8"))
 
     def save(self, job: Job, result: dict[str, Any]) -> None:
         atomic_write(self.results / f"{job.key()}.json",
@@ -39,12 +39,15 @@ class ResultStore:
     def all_results(self) -> list[dict[str, Any]]:
         if not self.results.is_dir():
             return []
-        return [json.loads(p.read_text()) for p in sorted(self.results.glob("*.json"))]
+        return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.results.glob("*.json"))]
 
     def fresh_run_dir(self, job: Job) -> Path:
-        """The job's run folder; a leftover from an interrupted attempt is moved aside, never deleted."""
+        """The job's run folder; a leftover from an interrupted attempt is moved aside, never deleted.
+
+        Only rank 0 moves anything: the other ranks of a multi-device job share the folder rank 0 is using.
+        """
         path = self.runs / job.key()
-        if path.exists():
+        if path.exists() and is_rank_zero():
             attempt = 1
             while (aside := path.with_name(f"{path.name}.interrupted-{attempt}")).exists():
                 attempt += 1

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fewlabel.compare.stats import Recommendation, Summary, recommend, summarize
+from fewlabel.engine.run import atomic_write
 
 DATA_USED = {
     "supervised": ("yes", "labelled subset only"),
@@ -212,7 +213,7 @@ def write_report(results: list[dict[str, Any]], out: str | Path, title: str, set
     if notes:
         md += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     md += [""] + [f"![{p.stem}](figures/{p.name})" for p in figures] + [""]
-    (out / "report.md").write_text("\n".join(md))
+    atomic_write(out / "report.md", "\n".join(md))
 
     def cell(text: str) -> str:
         return f"<td>{html.escape(text)}</td>"
@@ -233,7 +234,7 @@ th{{background:#f3f3f3}}.rec{{background:#eef7ee;padding:.6em 1em;border-left:4p
 <h2>Figures</h2>{images}
 <h2>Set-up</h2><ul>{"".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>"
                             for k, v in setup.items())}</ul></body></html>"""
-    (out / "report.html").write_text(page)
+    atomic_write(out / "report.html", page)
     return out / "report.html"
 
 

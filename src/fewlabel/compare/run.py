@@ -14,7 +14,7 @@ from fewlabel.compare.grid import APPROACHES, BUDGETS, DEFAULT_BACKBONES, build_
 from fewlabel.compare.report import write_report
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest
-from fewlabel.engine.run import LOGGER_NAME, RunFolder
+from fewlabel.engine.run import LOGGER_NAME, RunFolder, atomic_write, is_rank_zero, launch_rank, launch_world_size
 from fewlabel.errors import FewlabelError
 
 log = logging.getLogger(LOGGER_NAME)
@@ -44,14 +44,22 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     jobs = build_grid(config.data, [str(r) for r in requests], config.seeds, list(config.approaches), budget,
                       backbones, config.data_dir, modality=dataset.modality)
     out = Path(config.out)
+    if launch_world_size() > 1:
+        raise FewlabelError("compare runs its jobs one after another, each on one device; start it as one process "
+                            "(not under torchrun or srun with several tasks); on a multi-GPU host "
+                            "CUDA_VISIBLE_DEVICES chooses the GPU")
+    if not is_rank_zero():  # a DDP rank re-running a script that went on to compare: rank 0 does it alone
+        log.info("rank %s: compare runs on rank 0 only", launch_rank())
+        return {"jobs": len(jobs), "ran": 0, "skipped": 0, "report_html": str(out / "report.html"),
+                "report_md": str(out / "report.md"), "complete": False}
     out.mkdir(parents=True, exist_ok=True)
     run = RunFolder(out)
     (out / "logs").mkdir(exist_ok=True)
     handler = run.attach_log()
     try:
         keys = [job.key() for job in jobs]
-        (out / "compare.yaml").write_text(yaml.safe_dump({**asdict(config), "budget_preset": asdict(budget),
-                                                          "jobs": len(jobs), "job_keys": keys}, sort_keys=False))
+        atomic_write(out / "compare.yaml", yaml.safe_dump({**asdict(config), "budget_preset": asdict(budget),
+                                                           "jobs": len(jobs), "job_keys": keys}, sort_keys=False))
         store = ResultStore(out)
         ran, skipped = execute(jobs, store, limit=config.max_jobs)
         results, notes = _grid_results(store, set(keys))
@@ -71,7 +79,8 @@ def report_only(folder: str | Path) -> Path:
     results = store.all_results()
     if not results:
         raise FewlabelError(f"{folder} holds no compare results (results/*.json); run `fewlabel compare` first")
-    raw = yaml.safe_load((folder / "compare.yaml").read_text()) if (folder / "compare.yaml").is_file() else {}
+    stored = folder / "compare.yaml"
+    raw = yaml.safe_load(stored.read_text(encoding="utf-8")) if stored.is_file() else {}
     setup = {k: raw[k] for k in ("data", "labels", "seeds", "approaches", "budget") if k in raw}
     results, notes = _grid_results(store, set(raw["job_keys"]) if raw.get("job_keys") else None)
     return write_report(results, folder, f"fewlabel compare: {raw.get('data', folder.name)}", setup=setup,

@@ -85,6 +85,12 @@ def optimizer_with_schedule(params: Any, optim: OptimConfig, total_steps: int) -
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def world_size(module: L.LightningModule) -> int:
+    """Processes training together (DDP ranks); 1 outside a trainer."""
+    trainer = module._trainer
+    return trainer.world_size if trainer is not None else 1
+
+
 class ClassificationModule(L.LightningModule):
     def __init__(
         self,
@@ -129,10 +135,13 @@ class ClassificationModule(L.LightningModule):
         loss = F.cross_entropy(logits, y, label_smoothing=self.optim.label_smoothing)
         if self.regularizer is not None:
             penalty = self.regularizer()
-            self.log("regularizer", penalty, on_step=False, on_epoch=True, batch_size=size)
+            self.log("regularizer", penalty, on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
             loss = loss + penalty
-        self.samples_seen += size
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.samples_seen += size * world_size(self)  # every rank trains on its own batch of this size
+        # Logged as tensors: no GPU-to-CPU sync per step. The step value stays per device (syncing it would cost
+        # a collective per step under DDP); the epoch mean is reduced across devices once, at the epoch's end.
+        self.log("train_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=size)
+        self.log("train_loss_epoch", loss.detach(), on_step=False, on_epoch=True, batch_size=size, sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[Any, torch.Tensor], batch_idx: int) -> None:
@@ -155,7 +164,7 @@ class ClassificationModule(L.LightningModule):
             "macro_f1": float(self.test_f1.compute()),
             "per_class_accuracy": [float(v) for v in self.test_per_class.compute()],
         }
-        self.log("test_acc", self.test_results["test_accuracy"])
+        self.log("test_acc", self.test_results["test_accuracy"], sync_dist=True)  # the same on every device
         for metric in (self.test_acc, self.test_f1, self.test_per_class):
             metric.reset()
 

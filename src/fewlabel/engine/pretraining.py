@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import lightning as L
@@ -12,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from fewlabel.engine.classification import OptimConfig, optimizer_with_schedule
+from fewlabel.engine.classification import OptimConfig, optimizer_with_schedule, world_size
 from fewlabel.engine.run import LOGGER_NAME
 from fewlabel.evaluate.features import extract_features
 from fewlabel.evaluate.probes import accuracy, collapse_warning, knn_predict, representation_health
@@ -44,11 +45,15 @@ class PretrainModule(L.LightningModule):
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
         loss, scalars = self.method.training_loss(views)
         batch = views[0].shape[0]
-        self.samples_seen += batch
-        self.log("ssl_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch)
+        self.samples_seen += batch * world_size(self)  # every rank trains on its own batch of this size
+        # Step values stay per device (no collective per step); epoch means are reduced across devices once.
+        self.log("ssl_loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=batch)
+        self.log("ssl_loss_epoch", loss.detach(), on_step=False, on_epoch=True, batch_size=batch, sync_dist=True)
         for name, value in scalars.items():
             if name != "loss":
-                self.log(name, float(value), on_step=False, on_epoch=True, batch_size=batch)
+                # Tensors stay on the device: Lightning averages them over the epoch without a per-step sync.
+                value = value.detach() if isinstance(value, torch.Tensor) else value
+                self.log(name, value, on_step=False, on_epoch=True, batch_size=batch, sync_dist=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -79,6 +84,8 @@ class RepresentationMonitor(Callback):
         self.k = k
         self.history: list[dict[str, float]] = []
         self.warnings: list[str] = []
+        # Its values come from rank 0 alone (logged with rank_zero_only): nothing to reduce across devices.
+        warnings.filterwarnings("ignore", r".*self\.log\('monitor_.*sync_dist=True.*")
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if not trainer.is_global_zero or len(self.queries) == 0:

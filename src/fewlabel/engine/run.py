@@ -8,15 +8,26 @@ Layout::
     <run>/logs/          train.log (human) and csv/metrics.csv (per step/epoch, Lightning CSVLogger)
     <run>/checkpoints/   Lightning checkpoints (best by validation accuracy)
     <run>/model.safetensors + model.json   the trained weights and what is needed to rebuild them
+    <run>/INTERRUPTED    only after Ctrl-C: where training stopped and how to resume (see engine.trainer)
+
+Several processes, one run (multi-GPU): Lightning's DDP launcher re-runs the whole command once per extra
+device, and torchrun / srun start every rank the same way. Only global rank 0 creates the folder and writes
+config and metrics; the other ranks adopt the folder rank 0 made. Rank 0 hands its path to the ranks it is about
+to launch through an environment variable (``FEWLABEL_RUN_<key>``); ranks started by an external launcher find
+the folder by the ``.fewlabel-launch.json`` note rank 0 leaves in it (a shared file system is needed then).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
 import platform
 import tempfile
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +37,104 @@ import yaml
 from fewlabel.errors import FewlabelError
 
 LOGGER_NAME = "fewlabel"
+LAUNCH_NOTE = ".fewlabel-launch.json"
+RANK_WAIT_SECONDS = 600.0  # how long a rank > 0 waits for rank 0's folder ($FEWLABEL_RANK_WAIT overrides)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path next to ``path`` for a writer that needs a file name (safetensors, numpy): renamed over
+    ``path`` when the block succeeds, removed when it fails, so ``path`` is either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write through a temporary file + rename so an interrupted run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        tmp.write(text)
-        tmp_name = tmp.name
-    os.replace(tmp_name, path)
+    """Write UTF-8 text through a temporary file + rename so an interrupted write never leaves half a file."""
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def launch_rank() -> int | None:
+    """This process's global rank when a launcher runs one command as several processes, else ``None``.
+
+    Recognised launchers: torchrun (``RANK``), srun with several tasks (``SLURM_PROCID``) and Lightning's own
+    DDP launcher, which re-runs the command with ``LOCAL_RANK``/``NODE_RANK`` set (and sets them in the first
+    process too once it has launched the others). ``0`` is the process that creates run folders; other ranks
+    are numbered as the launcher numbers them (a later node of Lightning's launcher without
+    ``LOCAL_WORLD_SIZE`` reports its node rank, which is enough to know it is not rank 0).
+    """
+    env = os.environ
+    if "RANK" in env:
+        return int(env["RANK"])
+    if _slurm_tasks() > 1:
+        return int(env["SLURM_PROCID"])
+    if "LOCAL_RANK" in env or "NODE_RANK" in env:
+        local = int(env.get("LOCAL_RANK", 0))
+        node = int(env.get("NODE_RANK", env.get("GROUP_RANK", 0)))
+        if node == 0:
+            return local
+        per_node = int(env.get("LOCAL_WORLD_SIZE", 0))
+        return node * per_node + local if per_node else node
+    return None
+
+
+def launch_world_size() -> int:
+    """How many processes an external launcher (torchrun, srun) or a running DDP fit started (1: just this one)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return max(1, _slurm_tasks())
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes run folders: a plain process or global rank 0."""
+    return (launch_rank() or 0) == 0
+
+
+def _slurm_tasks() -> int:
+    """srun's task count when it started this process as one of several (as Lightning's SLURM detection)."""
+    env = os.environ
+    if "SLURM_PROCID" not in env or env.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return 0
+    try:
+        return int(env.get("SLURM_NTASKS", 0))
+    except ValueError:
+        return 0
+
+
+def _launch_id() -> str | None:
+    """What every rank of one launch shares and another launch does not (None outside a launch)."""
+    env = os.environ
+    if "RANK" in env:
+        return ":".join(["torchrun", *(env.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT"))])
+    if _slurm_tasks() > 1:
+        return f"slurm:{env.get('SLURM_JOB_ID', '')}.{env.get('SLURM_STEP_ID', '')}"
+    if "LOCAL_RANK" in env or "NODE_RANK" in env:
+        return f"lightning:{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}"
+    return None
+
+
+_created: dict[str, int] = {}  # run folders requested so far in this process, by request (ranks count alike)
+
+
+def _request_key(out: str | os.PathLike | None, default_name: str, base: str | os.PathLike) -> str:
+    target = Path(out) if out is not None else Path(base) / default_name
+    return f"{'out' if out is not None else 'auto'}:{target.absolute()}"
+
+
+def _handoff_variable(key: str, occurrence: int) -> str:
+    return "FEWLABEL_RUN_" + hashlib.sha1(f"{key}#{occurrence}".encode()).hexdigest()[:12].upper()
 
 
 def _jsonable(value: Any) -> Any:
@@ -55,7 +155,16 @@ class RunFolder:
 
     @classmethod
     def create(cls, out: str | os.PathLike | None, default_name: str, base: str | os.PathLike = "runs") -> RunFolder:
-        """A new, empty run folder: ``out`` exactly (must not hold files), or a unique ``base/default_name``."""
+        """A new, empty run folder: ``out`` exactly (must not hold files), or a unique ``base/default_name``.
+
+        In a multi-process launch only rank 0 creates it; every other rank gets the same folder back.
+        """
+        key = _request_key(out, default_name, base)
+        _created[key] = occurrence = _created.get(key, 0) + 1
+        rank = launch_rank()
+        if rank:
+            _quiet_console()
+            return cls(_adopt(key, occurrence, out, default_name, base, rank))
         if out is not None:
             path = Path(out)
             if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -71,7 +180,18 @@ class RunFolder:
             (path / "checkpoints").mkdir(exist_ok=True)
         except OSError as exc:
             raise FewlabelError(f"cannot create run folder {path}: {exc.strerror}; choose another --out") from None
+        # Ranks launched from here on (Lightning's DDP launcher copies this environment) take the same folder.
+        os.environ[_handoff_variable(key, occurrence)] = str(path.absolute())
+        launch = _launch_id()
+        if launch is not None:  # ranks started by an external launcher look for this note
+            atomic_write(path / LAUNCH_NOTE, json.dumps({"launch": launch, "request": key,
+                                                         "occurrence": occurrence}) + "\n")
         return cls(path)
+
+    @property
+    def primary(self) -> bool:
+        """Whether this process writes the folder's files (a single process, or global rank 0)."""
+        return is_rank_zero()
 
     @property
     def checkpoints(self) -> Path:
@@ -82,6 +202,8 @@ class RunFolder:
         return self.path / "logs"
 
     def write_config(self, config: dict[str, Any]) -> None:
+        if not self.primary:
+            return
         import torch
 
         from fewlabel import __version__
@@ -91,15 +213,26 @@ class RunFolder:
                                                                  sort_keys=False))
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
-        atomic_write(self.path / "metrics.json", json.dumps(_jsonable(metrics), indent=2) + "\n")
+        if self.primary:
+            atomic_write(self.path / "metrics.json", json.dumps(_jsonable(metrics), indent=2) + "\n")
 
     def read_metrics(self) -> dict[str, Any]:
-        return json.loads((self.path / "metrics.json").read_text())
+        return json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
+
+    def save_split(self, split: Any) -> None:
+        """``split.npz`` (a ``LabelSplit``), written once by rank 0 and atomically."""
+        if self.primary:
+            with atomic_path(self.path / "split.npz", suffix=".npz") as tmp:
+                split.save(tmp)
 
     def attach_log(self) -> logging.Handler:
-        """Send fewlabel's log records to ``logs/train.log`` for the lifetime of this run."""
-        handler = logging.FileHandler(self.logs / "train.log", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        """Send fewlabel's log records to ``logs/train.log`` for the lifetime of this run (rank 0 only: the
+        other ranks of a multi-device run would repeat every line)."""
+        if not self.primary:
+            handler: logging.Handler = logging.NullHandler()
+        else:
+            handler = logging.FileHandler(self.logs / "train.log", encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger = logging.getLogger(LOGGER_NAME)
         if logger.getEffectiveLevel() > logging.INFO:
             logger.setLevel(logging.INFO)
@@ -109,3 +242,46 @@ class RunFolder:
     def detach_log(self, handler: logging.Handler) -> None:
         logging.getLogger(LOGGER_NAME).removeHandler(handler)
         handler.close()
+
+
+def _only_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def _quiet_console() -> None:
+    """Ranks > 0 would repeat rank 0's progress lines on the same terminal: their console shows warnings only."""
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and _only_warnings not in handler.filters:
+            handler.addFilter(_only_warnings)
+
+
+def _adopt(key: str, occurrence: int, out: str | os.PathLike | None, default_name: str, base: str | os.PathLike,
+           rank: int) -> Path:
+    """The folder rank 0 created for the same request: handed over in the environment when rank 0 launched this
+    process, else found by rank 0's launch note (waiting for it, as every rank starts at once)."""
+    handed = os.environ.get(_handoff_variable(key, occurrence))
+    if handed:
+        return Path(handed)
+    launch = _launch_id()
+    wait = float(os.environ.get("FEWLABEL_RANK_WAIT", RANK_WAIT_SECONDS))
+    deadline = time.monotonic() + wait
+    while True:
+        if out is not None:
+            candidates = [Path(out)]
+        else:
+            parent = Path(base)
+            candidates = sorted(p for p in parent.glob(f"{default_name}*")
+                                if p.name == default_name or p.name[len(default_name):].lstrip("-").isdigit())
+        for candidate in candidates:
+            try:
+                note = json.loads((candidate / LAUNCH_NOTE).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if note == {"launch": launch, "request": key, "occurrence": occurrence}:
+                return candidate
+        if time.monotonic() > deadline:
+            where = out if out is not None else Path(base) / f"{default_name}*"
+            raise FewlabelError(f"rank {rank}: rank 0 did not create run folder {where} within {wait:.0f} s; "
+                                "every rank must see the same file system (set FEWLABEL_RANK_WAIT to wait longer)")
+        time.sleep(0.2)

@@ -62,7 +62,7 @@ class SSLMethod(nn.Module, ABC):
         return self.backbone
 
     @abstractmethod
-    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """Loss for one batch of views (float, normalised (N, C, H, W) tensors) and scalars to log."""
 
     def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
@@ -113,11 +113,12 @@ def check_momentum_range(method: str, start: float, end: float) -> None:
 
 
 @torch.no_grad()
-def embedding_spread(embeddings: torch.Tensor) -> float:
+def embedding_spread(embeddings: torch.Tensor) -> torch.Tensor:
     """Per-dimension std of l2-normalised embeddings, times sqrt(dim): about 1 when healthy, 0 on collapse.
 
     Logged by every method as ``representation_std`` because a collapsing self-supervised run keeps a
-    plausible-looking loss while this number falls to zero.
+    plausible-looking loss while this number falls to zero. A 0-dim tensor on the embeddings' device: turning it
+    into a Python float every step would wait for the GPU (Lightning reduces logged tensors itself).
     """
     normalised = F.normalize(embeddings.detach().float(), dim=1)
-    return float(normalised.std(dim=0).mean() * normalised.shape[1] ** 0.5)
+    return normalised.std(dim=0).mean() * normalised.shape[1] ** 0.5

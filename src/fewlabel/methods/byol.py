@@ -63,10 +63,10 @@ class BYOL(SSLMethod):
     def _target(self, images: torch.Tensor) -> torch.Tensor:
         return self.target_projector(self.target_backbone(images))
 
-    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         self._check_views(views, 2)
         target0, target1 = self._target(views[0]), self._target(views[1])  # no-grad passes first, as in MoCo
         projection, prediction0 = self._online(views[0])
         _, prediction1 = self._online(views[1])
         loss = 0.5 * (self.criterion(prediction0, target1) + self.criterion(prediction1, target0))
-        return loss, {"loss": float(loss.detach()), "representation_std": embedding_spread(projection)}
+        return loss, {"loss": loss.detach(), "representation_std": embedding_spread(projection)}

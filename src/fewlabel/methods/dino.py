@@ -124,7 +124,7 @@ class DINO(SSLMethod):
             self.teacher_head(self.teacher_backbone(torch.cat(global_views))).chunk(len(global_views))
         )
 
-    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         self._check_views(views, NUM_GLOBAL_VIEWS, exact=False)
         teacher_outputs = self._teacher(views[:NUM_GLOBAL_VIEWS])
         student_outputs = self._student(views)
@@ -132,7 +132,7 @@ class DINO(SSLMethod):
         self.criterion.warmup_steps = self._teacher_temp_warmup_steps()
         loss = self.criterion(student_outputs, teacher_outputs, step=step)
         logs = {
-            "loss": float(loss.detach()),
+            "loss": loss.detach(),
             "teacher_temperature": self.criterion.teacher_temperature(step),
             "representation_std": embedding_spread(student_outputs[0]),
         }

@@ -93,7 +93,7 @@ class MoCo(SSLMethod):
     def _key(self, images: torch.Tensor) -> torch.Tensor:
         return self.momentum_projector(self.momentum_backbone(images))
 
-    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         self._check_views(views, 2)
         # Keys first: the no-grad passes free their activations before the query pass allocates the ones
         # it keeps for backward (2-3% faster per step on the CPU than the other order; same result).
@@ -105,4 +105,4 @@ class MoCo(SSLMethod):
             key, other_key = self._key(views[0]), self._key(views[1])
             query, other_query = self._query(views[0]), self._query(views[1])
             loss = 0.5 * (self.criterion(query, other_key) + self.criterion(other_query, key))
-        return loss, {"loss": float(loss.detach()), "representation_std": embedding_spread(query)}
+        return loss, {"loss": loss.detach(), "representation_std": embedding_spread(query)}

@@ -40,10 +40,10 @@ class SimCLR(SSLMethod):
         self.projector = SimCLRProjectionHead(self.embed_dim, hidden_dim, output_dim, num_layers)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=gather_distributed)
 
-    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         self._check_views(views, 2)
         batch_size = views[0].shape[0]
         projections = self.projector(self.backbone(torch.cat(views)))
         z0, z1 = projections[:batch_size], projections[batch_size:]
         loss = self.criterion(z0, z1)
-        return loss, {"loss": float(loss.detach()), "representation_std": embedding_spread(z0)}
+        return loss, {"loss": loss.detach(), "representation_std": embedding_spread(z0)}

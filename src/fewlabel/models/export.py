@@ -23,11 +23,14 @@ def save_backbone(backbone: Backbone, spec: BackboneSpec, folder: str | Path, **
     """Write ``backbone.safetensors`` + ``backbone.json`` into ``folder``; returns the weights path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    from fewlabel.engine.run import atomic_path, atomic_write  # here: fewlabel.engine imports the models
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    save_file(tensors, str(folder / EXPORT_WEIGHTS), metadata={"format": FORMAT})
+    with atomic_path(folder / EXPORT_WEIGHTS, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"format": FORMAT})
     info = {"format": FORMAT, "spec": asdict(spec), "embed_dim": backbone.embed_dim,
             "input_spec": backbone.input_spec.to_dict(), "stages": backbone.stages, **meta}
-    (folder / EXPORT_META).write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write(folder / EXPORT_META, json.dumps(info, indent=2) + "\n")
     return folder / EXPORT_WEIGHTS
 
 
@@ -39,7 +42,7 @@ def load_backbone(path: str | Path) -> tuple[Backbone, dict[str, Any]]:
     if folder is None:
         raise FewlabelError(f"no exported backbone at {path}; pass a `fewlabel pretrain` run folder or its export/")
     try:
-        info = json.loads((folder / EXPORT_META).read_text())
+        info = json.loads((folder / EXPORT_META).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise FewlabelError(f"{folder / EXPORT_META} is corrupt ({exc.msg}); re-export the backbone") from None
     if info.get("format") != FORMAT:
