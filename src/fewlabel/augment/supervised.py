@@ -37,12 +37,21 @@ class AugmentationPolicy:
         return " + ".join(parts)
 
 
+# From this side up, images are photos rather than thumbnails: crops of random area and aspect (the ImageNet
+# recipe) replace the padded crop of small images.
+RESIZED_CROP_FROM = 64
+
+
 def standard_transform(size: tuple[int, int], flip: bool) -> v2.Transform:
-    """Random crop with 1/8 padding (the CIFAR recipe, scaled to the image size) and optional flips."""
+    """Small images: random crop with 1/8 padding (the CIFAR recipe, scaled to the image size). Images of
+    ``RESIZED_CROP_FROM`` px and more: random-resized crops (25-100% of the area). Optional flips."""
     from torchvision.transforms import v2
 
-    padding = max(1, round(min(size) / 8))
-    steps: list[v2.Transform] = [v2.RandomCrop(size, padding=padding, padding_mode="reflect")]
+    if min(size) >= RESIZED_CROP_FROM:
+        steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=(0.25, 1.0), antialias=True)]
+    else:
+        padding = max(1, round(min(size) / 8))
+        steps = [v2.RandomCrop(size, padding=padding, padding_mode="reflect")]
     if flip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)

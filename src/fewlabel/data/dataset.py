@@ -1,8 +1,10 @@
 """The one dataset type every part of fewlabel consumes.
 
 A dataset is a set of samples with optional labels (``-1`` = unlabelled), optional groups (samples of one
-group never straddle train and test, e.g. reviews of one movie) and a modality. Images are kept in memory as
-one ``uint8`` tensor ``(N, C, H, W)``: small-data work fits in memory and this keeps augmentation fast.
+group never straddle train and test, e.g. reviews of one movie) and a modality. Image samples behave like one
+``uint8`` tensor ``(N, C, H, W)``: the embedded and benchmark sets hold such a tensor in memory (it keeps
+augmentation fast), while image folders are indexed files decoded on access at the run's working size
+(:mod:`fewlabel.data.image_files`), so a folder of photos never has to fit in memory.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ class Dataset:
         digest = hashlib.sha256()
         digest.update(f"{self.name}|{len(self)}|{self.modality}".encode())
         digest.update(np.ascontiguousarray(self.labels).tobytes())
-        if self.modality == "image" and isinstance(self.samples, torch.Tensor):
+        files_print = self.extra.get("fingerprint") or getattr(self.samples, "fingerprint", None)
+        if isinstance(files_print, str):  # indexed files: their names, sizes and modification times
+            digest.update(files_print.encode())
+        elif self.modality == "image" and isinstance(self.samples, torch.Tensor):
             # A strided sample of pixels catches a different image set of the same labels, cheaply.
             flat = self.samples.reshape(len(self), -1)
             digest.update(flat[:: max(1, len(self) // 512), ::7].contiguous().numpy().tobytes())
@@ -85,6 +90,9 @@ class Dataset:
         }
         if self.modality == "image":
             info["shape"] = list(self.image_shape)
+        for key in ("working_size", "image_cache", "skipped_bad"):
+            if self.extra.get(key) is not None:
+                info[key] = self.extra[key]
         if self.official_test is not None:
             info["official_test"] = int(self.official_test.sum())
         return info

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import gzip
 import os
-from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fewlabel.data.dataset import Dataset
-from fewlabel.data.resolve import RemoteFile, resolve_files
+from fewlabel.data.image_files import IMAGE_SUFFIXES, ImageArrayFile, ImageFiles, cached_store, index_image_folder
+from fewlabel.data.resolve import RemoteFile, cache_dir, resolve_files
 from fewlabel.errors import FewlabelError
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+__all__ = ["IMAGE_SUFFIXES", "at_working_size", "load_digits_dataset", "load_fashion_mnist", "load_image_folder",
+           "load_npz"]
 
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_MNIST_FILES = (
@@ -101,54 +103,91 @@ def load_fashion_mnist(data_dir: str | None = None) -> Dataset:
     )
 
 
-def load_image_folder(root: str | os.PathLike, image_size: int | None = None) -> Dataset:
-    """``root/<class>/*.png|jpg``: grey stays grey (1 channel), any colour image makes the set RGB.
+def load_image_folder(root: str | os.PathLike, skip_bad: bool = False) -> Dataset:
+    """``root/<class>/**/<image>``, indexed, not loaded (see :mod:`fewlabel.data.image_files`).
 
-    Images of different sizes are resized to ``image_size`` (default: the most common size).
+    Samples decode on access to squares of the most common shorter side until a run picks its working size
+    with :func:`at_working_size`. Grey stays grey (1 channel); any colour image makes the set RGB.
     """
-    from PIL import Image, UnidentifiedImageError
-
+    index = index_image_folder(root, skip_bad=skip_bad)
     root = Path(root)
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not class_dirs:
-        raise FewlabelError(f"{root} has no class sub-folders; expected {root}/<class>/<image>.png")
-    paths: list[Path] = []
-    labels: list[int] = []
-    for label, class_dir in enumerate(class_dirs):
-        files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        paths.extend(files)
-        labels.extend([label] * len(files))
-    if not paths:
-        raise FewlabelError(f"{root} has class folders but no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    pil_images = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                img.load()
-                pil_images.append(img.copy())
-        except (UnidentifiedImageError, OSError) as exc:
-            raise FewlabelError(f"cannot read image {path}: {exc}; fix or remove the file") from None
-    grey = all(img.mode in ("L", "1", "I;16", "I", "F") for img in pil_images)
-    mode = "L" if grey else "RGB"
-    if image_size is None:
-        width, height = Counter(img.size for img in pil_images).most_common(1)[0][0]
-    else:
-        width = height = image_size
-    arrays = []
-    for img in pil_images:
-        img = img.convert(mode)
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-        arrays.append(arr[None] if grey else arr.transpose(2, 0, 1))
-    return Dataset(
+    dataset = Dataset(
         name=root.name,
         modality="image",
-        samples=torch.from_numpy(np.stack(arrays)),
-        labels=np.asarray(labels),
-        classes=[d.name for d in class_dirs],
+        samples=index.files,
+        labels=index.labels,
+        classes=index.classes,
         source=f"image folder: {root}",
     )
+    if index.skipped:
+        dataset.extra["skipped_bad"] = {"count": len(index.skipped), "examples": index.skipped[:5]}
+    return dataset
+
+
+# A from-scratch backbone without a pretrained input size (the small CIFAR-style ResNets) trains photos at this
+# side: enough for the shapes of everyday objects, and it keeps CPU epochs in seconds to minutes.
+DEFAULT_SCRATCH_SIDE = 96
+
+
+def at_working_size(dataset: Dataset, image_size: int | None, preferred: int | None = None,
+                    cache: bool = False, resize_arrays: bool = True) -> Dataset:
+    """The dataset as a run sees it: lazily decoded images at ``image_size`` (or ``min(native, preferred)``,
+    ``preferred`` defaulting to :data:`DEFAULT_SCRATCH_SIDE`), optionally read from the one-time decoded cache.
+
+    In-memory arrays (digits, Fashion-MNIST, ``.npz``) keep their size unless ``image_size`` asks for another and
+    ``resize_arrays`` allows it (training from scratch); transfer passes ``resize_arrays=False`` because its
+    model's input adapter resizes batches on the fly, which costs no memory.
+    """
+    if image_size is not None and image_size < 8:
+        raise FewlabelError(f"--image-size {image_size} is impossible; give a side of at least 8 pixels")
+    files = dataset.samples
+    if not isinstance(files, ImageFiles):
+        if not resize_arrays or image_size is None or not isinstance(files, torch.Tensor) \
+                or tuple(files.shape[-2:]) == (image_size, image_size):
+            return dataset
+        resized = replace(dataset, samples=_resize_array(files, image_size), extra=dict(dataset.extra))
+        resized.extra["working_size"] = image_size
+        return resized
+    size = image_size or min(files.size, preferred or DEFAULT_SCRATCH_SIDE)
+    samples: ImageFiles | ImageArrayFile = files.at_size(size)
+    if cache:
+        samples = cached_store(samples, cache_dir() / "images")
+    resized = replace(dataset, samples=samples, extra=dict(dataset.extra))
+    resized.extra["working_size"] = size
+    resized.extra["image_cache"] = samples.path if isinstance(samples, ImageArrayFile) else None
+    resized.extra["fingerprint"] = files.fingerprint
+    return resized
+
+
+def _resize_array(images: torch.Tensor, side: int, chunk: int = 1024) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` to ``(N, C, side, side)`` (shorter side to ``side``, centre square), antialiased,
+    a chunk at a time so that no float copy of the whole set exists."""
+    height, width = images.shape[-2:]
+    scale = side / min(height, width)
+    new = (max(side, round(height * scale)), max(side, round(width * scale)))
+    top, left = (new[0] - side) // 2, (new[1] - side) // 2
+    out = torch.empty((len(images), images.shape[1], side, side), dtype=torch.uint8)
+    for start in range(0, len(images), chunk):
+        part = torch.nn.functional.interpolate(images[start : start + chunk].float(), size=new, mode="bilinear",
+                                               align_corners=False, antialias=True)
+        out[start : start + chunk] = part[..., top : top + side, left : left + side].round().clamp(0, 255)
+    return out
+
+
+def _to_uint8(x: np.ndarray, path: Path, chunk: int = 4096) -> np.ndarray:
+    """Float (or wider integer) images as uint8, a chunk at a time in their own dtype (never the whole set
+    as float64): values in [0, 1] are scaled by 255, values in [0, 255] are rounded."""
+    if x.size == 0:
+        return x.astype(np.uint8)
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 255 or not np.isfinite(low) or not np.isfinite(high):
+        raise FewlabelError(f"{path}: images must lie in [0, 1] (or [0, 255]); got {low}..{high}")
+    scale = 255.0 if high <= 1.0 and x.dtype.kind == "f" else 1.0
+    out = np.empty(x.shape, dtype=np.uint8)
+    for start in range(0, len(x), chunk):
+        part = x[start : start + chunk]
+        out[start : start + chunk] = np.rint(part * part.dtype.type(scale) if scale != 1.0 else part)
+    return out
 
 
 def load_npz(path: str | os.PathLike) -> Dataset:
@@ -181,19 +220,15 @@ def load_npz(path: str | os.PathLike) -> Dataset:
     if len(x) != len(y):
         raise FewlabelError(f"{path}: {len(x)} images but {len(y)} labels")
     if x.dtype != np.uint8:
-        x = x.astype(np.float64)
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise FewlabelError(f"{path}: float images must lie in [0, 1] (or [0, 255]); got {x.min()}..{x.max()}")
-        scale = 255.0 if x.size and x.max() <= 1.0 else 1.0
-        x = np.rint(x * scale).astype(np.uint8)
+        x = _to_uint8(x, path)
     if y.dtype.kind in "iu":
         labels = y.astype(np.int64)
         if classes is None:
             classes = [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
     else:
-        names = sorted({str(v) for v in y})
-        classes = names
-        labels = np.asarray([names.index(str(v)) for v in y], dtype=np.int64)
+        names, labels = np.unique(np.asarray(y).astype(str), return_inverse=True)  # sorted class names
+        classes = [str(n) for n in names]
+        labels = labels.astype(np.int64).reshape(-1)
     return Dataset(
         name=path.stem,
         modality="image",

@@ -42,10 +42,11 @@ register_text_datasets(register_dataset)
 
 
 def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None,
-                 columns: dict[str, str] | None = None) -> Dataset:
-    """Load a registered dataset by name, or a dataset by path: an image folder, ``.npz``, a text table
-    (``.csv``/``.tsv``/``.jsonl``, optionally compressed; ``columns`` names its text/label/group columns) or a
-    folder of ``<class>/*.txt``."""
+                 columns: dict[str, str] | None = None, skip_bad: bool = False) -> Dataset:
+    """Load a registered dataset by name, or a dataset by path: an image folder (indexed, decoded on access),
+    ``.npz``, a text table (``.csv``/``.tsv``/``.jsonl``, optionally compressed; ``columns`` names its
+    text/label/group columns) or a folder of ``<class>/*.txt``. ``skip_bad`` leaves unreadable images out
+    (counted in the dataset's summary) instead of stopping with an error that names the first."""
     key = str(name_or_path)
     if key in _REGISTRY:
         return _REGISTRY[key].loader(data_dir)
@@ -55,7 +56,7 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None,
         if text is not None:
             return text
     if path.is_dir():
-        return load_image_folder(path)
+        return load_image_folder(path, skip_bad=skip_bad)
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return load_npz(path)

@@ -119,6 +119,12 @@ class LabelSplit:
         pool_labels = labels[self.pool]
         labelled = pool_labels[pool_labels != UNLABELLED]
         total = len(labelled)
+        present = np.unique(labelled)
+        if len(present) < 2:
+            raise FewlabelError(
+                f"the training data has labelled examples of {len(present)} class{'es' if len(present) != 1 else ''}"
+                "; a classifier needs at least two classes: add examples of another class (or check the label "
+                "column)")
         if request.fraction is not None and request.fraction * total < self.num_classes:
             raise FewlabelError(
                 f"--labels {request} keeps {request.fraction * total:.1f} of {total} training examples, fewer than "
@@ -197,7 +203,15 @@ def _holdout(
         return candidates[keep], candidates[held]
     counts = np.bincount(labels, minlength=dataset.num_classes)
     stratify = labels if counts[counts > 0].min() >= 2 else None
-    keep, held = train_test_split(candidates, test_size=fraction, random_state=seed, stratify=stratify)
+    held_count = math.ceil(fraction * len(candidates))  # what scikit-learn takes for a float test_size
+    if stratify is not None:
+        # A handful of examples: still one per class on each side (scikit-learn refuses a smaller stratified
+        # hold-out), else an unstratified draw.
+        present = int((counts > 0).sum())
+        held_count = max(held_count, present)
+        if len(candidates) - held_count < present:
+            stratify = None
+    keep, held = train_test_split(candidates, test_size=held_count, random_state=seed, stratify=stratify)
     return np.sort(keep), np.sort(held)
 
 

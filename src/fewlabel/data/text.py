@@ -18,13 +18,14 @@ import lzma
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fewlabel.data.dataset import UNLABELLED, Dataset
+from fewlabel.data.image_files import hidden as _hidden
 from fewlabel.data.resolve import RemoteFile, resolve_files, sha256_of
 from fewlabel.errors import FewlabelError
 
@@ -321,15 +322,18 @@ def load_text_folder(root: str | os.PathLike) -> Dataset:
     root = Path(root)
     if not root.is_dir():
         raise FewlabelError(f"{root} is not a folder; expected {root}/<class>/<document>.txt")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
     if not class_dirs:
         raise FewlabelError(f"{root} has no class sub-folders; expected {root}/<class>/<document>.txt")
+    empty = [d for d in class_dirs if not any(f.suffix.lower() == ".txt" for f in _visible_files(d))]
+    if empty:
+        raise FewlabelError(f"class folder {empty[0]} has no .txt documents; add documents or remove the folder")
     log = _RowLog()
     texts: list[str] = []
     labels: list[int] = []
     bad_bytes = replaced_rows = 0
     for label, class_dir in enumerate(class_dirs):
-        for file in sorted(p for p in class_dir.rglob("*.txt") if p.is_file()):
+        for file in sorted(p for p in _visible_files(class_dir) if p.suffix.lower() == ".txt"):
             text, bad = _decode_file(file)
             if not text.strip():
                 log.skip("empty file", str(file.relative_to(root)))
@@ -412,6 +416,13 @@ def register_text_datasets(register: Callable[[str, Callable[[str | None], Datas
     )
 
 
+def _visible_files(folder: Path) -> Iterator[Path]:
+    """Files under ``folder``, without hidden files and folders (``._x.txt``, ``.ipynb_checkpoints/``)."""
+    for parent, subdirs, files in os.walk(folder):
+        subdirs[:] = [d for d in subdirs if not _hidden(d)]
+        yield from (Path(parent) / f for f in files if not _hidden(f))
+
+
 def _is_image(path: Path) -> bool:
     from fewlabel.data.images import IMAGE_SUFFIXES
 
@@ -421,8 +432,8 @@ def _is_image(path: Path) -> bool:
 def _folder_is_text(root: Path) -> bool:
     """True when the class folders hold .txt documents and no images (stops at the first decisive file)."""
     found_text = False
-    for class_dir in (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for file in class_dir.rglob("*"):
+    for class_dir in (p for p in root.iterdir() if p.is_dir() and not _hidden(p.name)):
+        for file in _visible_files(class_dir):
             if _is_image(file):
                 return False
             found_text = found_text or file.suffix.lower() == ".txt"

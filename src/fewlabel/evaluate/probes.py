@@ -21,15 +21,25 @@ def knn_predict(
     k: int = 200,
     temperature: float = 0.1,
     chunk: int = 1024,
+    leave_one_out: bool = False,
 ) -> torch.Tensor:
     """Weighted kNN on cosine similarity (Wu et al. 2018): each of the k nearest neighbours votes for its
-    class with weight ``exp(similarity / temperature)``. Returns predicted labels for the queries."""
+    class with weight ``exp(similarity / temperature)``. Returns predicted labels for the queries.
+
+    Queries are compared with the training set ``chunk`` rows at a time, so memory stays ``chunk x N`` and
+    never ``N x N``. ``leave_one_out``: the queries are the training set itself and nobody votes for itself.
+    """
     train = F.normalize(train_features.float(), dim=1)
-    k = min(k, len(train))
+    if leave_one_out and len(query_features) != len(train):
+        raise ValueError("leave_one_out needs the training features as the queries")
+    k = min(k, len(train) - int(leave_one_out))
     predictions = []
     for start in range(0, len(query_features), chunk):
         query = F.normalize(query_features[start : start + chunk].float(), dim=1)
         similarity = query @ train.T
+        if leave_one_out:
+            rows = torch.arange(len(query))
+            similarity[rows, rows + start] = -float("inf")
         top_sim, top_idx = similarity.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(len(query), num_classes)

@@ -107,9 +107,10 @@ def _store(place: Path, rows: int, missing: np.ndarray, computed: np.ndarray) ->
 
 def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, folder: Path | None = None,
                     batch_size: int = 256,
-                    extractor: Callable[[np.ndarray], torch.Tensor] | None = None) -> tuple[torch.Tensor, bool]:
+                    extractor: Callable[[np.ndarray], torch.Tensor] | None = None,
+                    device: str | torch.device | None = None) -> tuple[torch.Tensor, bool]:
     """(features of ``indices``, whether all came from the cache). ``extractor`` computes features of indices
-    for non-image data (e.g. text through its tokenizer); images use :func:`extract_features`."""
+    for non-image data (e.g. text through its tokenizer); images use :func:`extract_features` on ``device``."""
     place = (folder or cache_dir() / "features") / feature_key(backbone, dataset)
     rows = len(dataset.samples)
     indices = np.asarray(indices, dtype=np.int64)
@@ -127,8 +128,8 @@ def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, f
     if extractor is not None:
         computed = extractor(missing)
     else:
-        computed = extract_features(backbone, dataset.samples, missing, batch_size=batch_size)
+        computed = extract_features(backbone, dataset.samples, missing, batch_size=batch_size, device=device)
     table, done = _store(place, rows, missing, computed.detach().cpu().float().numpy())
     if not done[indices].all():  # the table was rebuilt meanwhile: compute what it lost
-        return cached_features(backbone, dataset, indices, folder, batch_size, extractor)[0], False
+        return cached_features(backbone, dataset, indices, folder, batch_size, extractor, device)[0], False
     return torch.from_numpy(np.array(table[indices])), False
