@@ -67,3 +67,27 @@ def test_batch_policies_mix_labels(name: str) -> None:
 def test_unknown_policy() -> None:
     with pytest.raises(FewlabelError, match="unknown augmentation policy"):
         build_policy("rand-augment", (28, 28), 10)
+
+
+def test_loader_workers_draw_their_own_image_augmentations() -> None:
+    """Each DataLoader worker gets its own torch seed (base seed + worker id): the same image augmented in two
+    workers differs, and the same seed gives the same batches again."""
+    import lightning as L
+    import numpy as np
+
+    from fewlabel.augment.supervised import build_policy
+    from fewlabel.engine.data import IndexedSamples, make_loader
+
+    images = torch.arange(32 * 32, dtype=torch.float32).reshape(1, 1, 32, 32).remainder(251).to(torch.uint8)
+    images = images.expand(8, 1, 32, 32).contiguous()  # one image, eight times
+    policy = build_policy("randaugment", (32, 32), num_classes=2)
+
+    def batches(seed: int) -> list[torch.Tensor]:
+        L.seed_everything(seed, workers=True, verbose=False)
+        loader = make_loader(IndexedSamples(images, np.arange(8), np.zeros(8, dtype=np.int64),
+                                            policy.sample_transform), 4, shuffle=False, workers=2)
+        return [x for x, _ in loader]
+
+    first = batches(0)
+    assert not torch.equal(first[0], first[1])  # worker 0 made batch 0, worker 1 batch 1
+    assert all(torch.equal(a, b) for a, b in zip(first, batches(0), strict=True))
