@@ -154,6 +154,9 @@ def test_text_classifier_works_with_transfer_strategies(tokenizer) -> None:
     trainable = {n for n, p in model.backbone.body.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith("encoder.layer.1.") for n in trainable)
     assert plan.record["trainable_stages"] == ["encoder.layer.1"]
+    plan = apply_strategy(model, "partial")  # default: a text encoder's last two layers
+    assert plan.record["trainable_default"] == "last:2"
+    assert plan.record["trainable_stages"] == ["encoder.layer.0", "encoder.layer.1"]
     plan = apply_strategy(model, "finetune", layer_decay=0.5)
     scales = {g["name"]: g["lr_scale"] for g in plan.param_groups}
     assert scales["stage0:embeddings"] == pytest.approx(0.5**3)

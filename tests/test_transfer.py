@@ -69,8 +69,16 @@ def test_partial_last_n_stages_matches_the_named_stages() -> None:
 def test_partial_pattern_that_matches_nothing_is_an_error() -> None:
     with pytest.raises(FewlabelError, match="matches no parameter"):
         apply_strategy(tiny_model(), "partial", trainable=["layer9"])
-    with pytest.raises(FewlabelError, match="needs --trainable"):
-        apply_strategy(tiny_model(), "partial")
+
+
+def test_partial_without_stages_trains_the_last_four() -> None:
+    by_default, by_count = tiny_model(), tiny_model()
+    plan = apply_strategy(by_default, "partial")
+    apply_strategy(by_count, "partial", trainable=["last:4"])
+    assert trainable_names(by_default) == trainable_names(by_count)
+    assert plan.record["trainable_default"] == "last:4"
+    assert plan.record["trainable_stages"] == ["bn1", "layer1", "layer2", "layer3"]  # of conv1, bn1, layer1-3
+    assert "trainable_default" not in apply_strategy(tiny_model(), "partial", trainable=["layer3"]).record
 
 
 def test_finetune_layer_decay_groups() -> None:
@@ -270,7 +278,6 @@ def test_rank_backbones_prints_a_table(tiny_export: Path, capsys: pytest.Capture
     ("args", "fragment"),
     [
         (["finetune", "--backbone", "not_a_net_xyz"], "unknown backbone"),
-        (["finetune", "--strategy", "partial", "--backbone", "efficientnet_lite0"], "needs --trainable"),
         (["finetune", "--strategy", "partial", "--trainable", "blocks.99"], "matches no parameter"),
     ],
 )
@@ -319,6 +326,33 @@ def test_finetune_records_the_capped_epoch_length(tiny_export: Path, tmp_path: P
     logged = (tmp_path / "run" / "logs" / "csv" / "metrics.csv").read_text().splitlines()
     steps = [row.split(",")[1] for row in logged[1:]]
     assert max(int(s) for s in steps if s) <= 4
+
+
+def test_partial_without_trainable_trains_the_default_stages(tmp_path: Path) -> None:
+    """``partial`` with no stages named trains EfficientNet-Lite0's last four stages, logs and records them."""
+    import yaml
+
+    from fewlabel.approaches.transfer import TransferConfig, finetune
+    from fewlabel.engine.fit import Budget
+
+    budget = Budget(epochs=1, max_steps=2, max_batch_size=16, workers=0, progress=False)
+    result = finetune(TransferConfig(backbone="efficientnet_lite0", strategy="partial", trainable=(), data="digits",
+                                     labels="0.2", image_size=32, budget=budget, out=str(tmp_path / "run")))
+    expected = ["blocks.5", "blocks.6", "bn2", "conv_head"]
+    record = result.metrics["transfer"]
+    assert record["trainable_default"] == "last:4" and record["trainable_stages"] == expected
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["backbone_stages"][-4:] == ["blocks.5", "blocks.6", "conv_head", "bn2"]
+    assert config["transfer"]["trainable_stages"] == expected and config["trainable"] == []
+    trained = {g["name"] for g in result.metrics["param_groups"]}
+    assert trained == {"backbone", "backbone.no_decay", "head", "head.no_decay"}
+    body = load_pretrained("efficientnet_lite0").body
+    in_stages = sum(p.numel() for n, p in body.named_parameters() if n.split(".")[0] in ("conv_head", "bn2")
+                    or n.startswith(("blocks.5.", "blocks.6.")))
+    trained_backbone = sum(g["parameters"] for g in result.metrics["param_groups"] if g["name"].startswith("backbone"))
+    assert trained_backbone == in_stages
+    assert "the default last:4 trains blocks.5, blocks.6, bn2, conv_head" in (
+        tmp_path / "run" / "logs" / "train.log").read_text()
 
 
 def test_feature_cache_keeps_rows_from_concurrent_writers(tmp_path: Path) -> None:

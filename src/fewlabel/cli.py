@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from fewlabel.errors import FewlabelError
+from fewlabel.errors import FewlabelError, one_line
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,21 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
                         help="text tables: column whose groups never straddle train and test (e.g. movie)")
     parser.add_argument("--full-validation", action="store_true",
                         help="validate on the whole validation split instead of one scaled to the label budget")
+    _add_image_flags(parser)
+
+
+def _add_image_flags(parser: argparse.ArgumentParser, image_size: bool = False) -> None:
+    """Options of image folders, which are indexed and decoded on access at the run's working size."""
+    if image_size:
+        parser.add_argument("--image-size", type=int, default=None,
+                            help="image folders: side images are decoded and trained at (default: the files' "
+                                 "shorter side, at most 96 px from scratch; the pretrained size for transfer)")
+    parser.add_argument("--cache-images", action="store_true",
+                        help="image folders: decode every file once into a uint8 cache at the working size "
+                             "(~/.cache/fewlabel/images), which later runs read without decoding")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="image folders: leave unreadable images out (counted in config.yaml) instead of "
+                             "stopping at the first")
 
 
 def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
@@ -37,9 +53,13 @@ def _add_budget_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap for training")
     parser.add_argument("--workers", type=int, default=None, help="data-loader worker processes")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (Lightning)")
-    parser.add_argument("--devices", default="auto", help="number of devices, or auto (DDP when > 1)")
-    parser.add_argument("--num-nodes", type=int, default=1, help="machines for multi-node DDP")
-    parser.add_argument("--precision", default=None, help="Lightning precision (default: bf16-mixed on GPU, 32 on CPU)")
+    parser.add_argument("--devices", default="1",
+                        help="devices per machine (default 1); more than 1, or auto (every visible one), trains with "
+                        "DDP, one process per device")
+    parser.add_argument("--num-nodes", type=int, default=1,
+                        help="machines for multi-node DDP (start the command on each; see README)")
+    parser.add_argument("--precision", default=None,
+                        help="Lightning precision, e.g. 16-mixed (default: bf16-mixed on GPUs, 32-true on the CPU)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<descriptive name>)")
     parser.add_argument("--runs-dir", default="runs", help="parent of automatically named run folders")
 
@@ -88,6 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=args.data, data_dir=args.data_dir, columns=_columns(args), labels=args.labels, augment=args.augment,
         backbone=args.backbone,
         width=args.width, seed=args.seed, split=args.split, full_validation=args.full_validation,
+        image_size=args.image_size, cache_images=args.cache_images, skip_bad=args.skip_bad,
         optim=OptimConfig(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
                           label_smoothing=args.label_smoothing),
         budget=_budget(args), out=args.out, runs_dir=args.runs_dir,
@@ -181,7 +202,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         config = PretrainConfig(method=args.method, data=args.data, data_dir=args.data_dir, backbone=args.backbone,
                                 width=args.width, seed=args.seed, split=args.split, epochs=args.epochs or 10,
                                 batch_size=args.batch_size, views=args.views, local_crops=args.local_crops,
-                                method_options=options,
+                                method_options=options, image_size=args.image_size,
+                                cache_images=args.cache_images, skip_bad=args.skip_bad,
                                 budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
         result = pretrain(config)
     m = result.metrics
@@ -217,7 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{result['protocol']} test accuracy {result['test_accuracy']:.4f} "
           f"({result['labelled']} labelled, {result['test']} test{chosen}, {result['seconds']:.1f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
@@ -241,7 +263,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     config = TransferConfig(backbone=args.backbone, strategy=args.strategy, data=args.data, data_dir=args.data_dir,
                             columns=_columns(args),
                             labels=args.labels, seed=args.seed, split=args.split,
-                            full_validation=args.full_validation, image_size=args.image_size, trainable=trainable,
+                            full_validation=args.full_validation, image_size=args.image_size,
+                            cache_images=args.cache_images, skip_bad=args.skip_bad, trainable=trainable,
                             layer_decay=args.layer_decay, l2sp=args.l2sp, head=args.head,
                             text_pooling=args.text_pooling, augment=args.augment, optim=optim, budget=budget,
                             out=args.out, runs_dir=args.runs_dir)
@@ -258,13 +281,38 @@ def cmd_rank_backbones(args: argparse.Namespace) -> int:
     from fewlabel.approaches.transfer import rank_backbones
 
     rows = rank_backbones([b.strip() for b in args.backbones.split(",") if b.strip()], args.data, args.labels,
-                          args.data_dir, args.seed, args.image_size)
+                          args.data_dir, args.seed, args.image_size, skip_bad=args.skip_bad)
     width = max(len("backbone"), *(len(r["backbone"]) for r in rows))
     print(f"{'backbone':<{width}}  {'LogME':>8}  {'kNN acc':>8}  {'dim':>5}  {'px':>4}  {'s':>6}")
     for r in rows:
         print(f"{r['backbone']:<{width}}  {r['logme']:>8.4f}  {r['knn_accuracy']:>8.4f}  {r['embed_dim']:>5}  "
               f"{r['image_size']:>4}  {r['seconds']:>6.1f}")
     print(f"({rows[0]['labelled']} labelled examples; higher LogME = features fit the labels better)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict new data with a run's model (CSV + metrics when labelled), or export it to ONNX."""
+    if args.format == "onnx":
+        from fewlabel.export_onnx import export_onnx
+
+        exported = export_onnx(args.model, args.data, args.out, text_column=args.text_column,
+                               label_column=args.label_column, image_column=args.image_column,
+                               data_dir=args.data_dir)
+        print(f"ONNX model: {exported.path} ({exported.exporter} exporter, opset {exported.opset}); onnxruntime "
+              f"matches PyTorch on {exported.checked_inputs} inputs (max |logit difference| "
+              f"{exported.max_abs_diff:.2g}); inputs and classes: {exported.sidecar}")
+        return 0
+    from fewlabel.predict import describe, predict
+
+    if not args.data:
+        raise FewlabelError("--data is required: image files, a folder, a table or a dataset name to predict")
+    result = predict(args.model, args.data, args.out, text_column=args.text_column, label_column=args.label_column,
+                     image_column=args.image_column, data_dir=args.data_dir, batch_size=args.batch_size,
+                     workers=args.workers, device=args.device, skip_bad=args.skip_bad,
+                     progress=False if args.quiet else None)
+    for line in describe(result):
+        print(line)
     return 0
 
 
@@ -325,6 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--backbone", default="resnet_small",
                        help="backbone name (see `fewlabel backbones`); text: bilstm (default) or bigru")
     train.add_argument("--width", type=int, default=None, help="width of small-image backbones")
+    train.add_argument("--image-size", type=int, default=None,
+                       help="image folders: side images are decoded and trained at (default: the files' shorter "
+                            "side, at most 96 px)")
     _add_optim_flags(train, lr=0.05, optimizer="sgd", weight_decay=5e-4)
     _add_budget_flags(train)
     train.set_defaults(func=cmd_train)
@@ -346,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="method hyper-parameter, e.g. --option temperature=0.2 (repeatable)")
     pre.add_argument("--resume", default=None, help="continue a pretraining run folder from its last checkpoint")
+    _add_image_flags(pre, image_size=True)
     _add_budget_flags(pre)
     pre.set_defaults(func=cmd_pretrain)
 
@@ -356,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or a timm name (hub)")
     ft.add_argument("--strategy", default="feature-extract", choices=STRATEGIES)
     ft.add_argument("--trainable", default=None,
-                    help="partial: stages that train, e.g. layer4, blocks.5,blocks.6 or last:2")
+                    help="partial: stages that train, e.g. layer4, blocks.5,blocks.6 or last:2 (default: the "
+                    "backbone's last 4 stages, the last 2 layers of a text encoder; recorded in config.yaml)")
     ft.add_argument("--layer-decay", type=float, default=0.75, help="finetune: layer-wise learning-rate decay")
     ft.add_argument("--l2sp", type=float, default=0.0, help="finetune/partial: L2-SP strength toward pretrained")
     ft.add_argument("--head", default="logreg", choices=["logreg", "linear"],
@@ -382,6 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--labels", default="0.1")
     rank.add_argument("--seed", type=int, default=0)
     rank.add_argument("--image-size", type=int, default=None)
+    rank.add_argument("--skip-bad", action="store_true", help="image folders: leave unreadable images out")
     rank.set_defaults(func=cmd_rank_backbones)
 
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tune of an exported backbone")
@@ -399,6 +453,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", default=None, help="also write the result to this JSON file")
     _add_budget_flags(ev)
     ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="predict new data with a run's model (CSV, metrics when labelled), or "
+                        "export the model to ONNX")
+    pr.add_argument("--model", required=True, help="run folder holding model.safetensors + model.json "
+                    "(train, finetune, evaluate --protocol finetune)")
+    pr.add_argument("--data", nargs="+", default=None,
+                    help="image files, a folder (<class>/ sub-folders give labels), a table (images: a column of "
+                    "file paths; text: a text column), a .txt file (one text per line), .npz or a dataset name")
+    pr.add_argument("--out", default=None,
+                    help="output folder (default: <run>/predictions/<data name>, or <run>/onnx; a new -2, -3 ... "
+                    "folder when it already holds results; an explicit --out is never overwritten)")
+    pr.add_argument("--format", default="csv", choices=["csv", "onnx"],
+                    help="csv: predictions.csv + summary.json (+ confusion matrix with labels); onnx: export the "
+                    "classifier to ONNX, checked with onnxruntime on a few inputs of --data (default: the run's "
+                    "own test samples)")
+    pr.add_argument("--text-column", default=None, help="text tables: column holding the text")
+    pr.add_argument("--label-column", default=None, help="tables: column holding the label (optional)")
+    pr.add_argument("--image-column", default=None,
+                    help="image tables: column holding file paths, relative to the table (default: path, file, ...)")
+    pr.add_argument("--data-dir", default=None, help="where named datasets live (default: $FEWLABEL_DATA)")
+    pr.add_argument("--batch-size", type=int, default=None, help="inputs per batch (default 64 images, 128 texts)")
+    pr.add_argument("--workers", type=int, default=None, help="image-decoding worker processes (default: auto)")
+    pr.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu or cuda")
+    pr.add_argument("--skip-bad", action="store_true",
+                    help="leave unreadable images out (listed in summary.json) instead of stopping at the first")
+    pr.set_defaults(func=cmd_predict)
     return parser
 
 
@@ -425,13 +505,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.quiet, quiet_lightning=args.command != "backbones")
+    from fewlabel.engine.run import is_rank_zero
+
+    if not is_rank_zero():  # the other processes of a multi-device run: rank 0 prints the result once
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of this process)
     try:
         return args.func(args)
     except FewlabelError as exc:
-        print(f"fewlabel: error: {exc}", file=sys.stderr)
+        print(f"fewlabel: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("fewlabel: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        # One line, from one process: the other ranks of a multi-device run are interrupted too.
+        run = sys.modules.get("fewlabel.engine.run")
+        if run is None or run.is_rank_zero():
+            print(f"fewlabel: interrupted{f'; {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,6 @@ import numpy as np
 import torch
 import yaml
 
-from fewlabel.approaches.supervised import RunResult, prepare_split
 from fewlabel.augment.views import (
     BatchedMultiCropAugment,
     BatchedTwoViewAugment,
@@ -26,14 +26,15 @@ from fewlabel.augment.views import (
     TwoViewTransform,
 )
 from fewlabel.data.dataset import Dataset
+from fewlabel.data.images import at_working_size
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.data import IndexedSamples, default_workers, make_loader
 from fewlabel.engine.fit import Budget
 from fewlabel.engine.pretraining import PretrainModule, RepresentationMonitor
-from fewlabel.engine.run import LOGGER_NAME, RunFolder
-from fewlabel.engine.trainer import build_trainer
+from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult, prepare_split
+from fewlabel.engine.trainer import build_trainer, run_device
 from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.features import extract_features
 from fewlabel.evaluate.probes import accuracy, fit_linear_probe, knn_predict, representation_health
@@ -70,6 +71,9 @@ class PretrainConfig:
     optim: OptimConfig | None = None
     budget: Budget = field(default_factory=Budget)
     monitor_per_class: int = 20
+    image_size: int | None = None  # image folders: working side (default: native, at most 96 px)
+    cache_images: bool = False  # image folders: decode once into a uint8 cache, reused by later runs
+    skip_bad: bool = False  # image folders: leave unreadable files out (counted) instead of stopping
     out: str | None = None
     runs_dir: str = "runs"
 
@@ -88,19 +92,70 @@ def _view_generator(method_views: str, mode: str, channels: int, size: int, mean
 
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted or finished pretraining run stands: its folder, last checkpoint and finished epochs."""
+
+    run: RunFolder
+    checkpoint: Path
+    epochs_done: int
+
+    def seed(self, base: int) -> int:
+        """The seed the resumed part of a run draws from, derived from the run's seed and its finished epochs:
+        a resumed run does not replay the shuffles and masks of its first epochs, and resuming is reproducible
+        (not bit-identical to an uninterrupted run, whose random state after those epochs is not stored)."""
+        return int(np.random.SeedSequence([base % 2**32, self.epochs_done]).generate_state(1)[0])
+
+
+def resume_point(resume: str | Path, config: PretrainConfig) -> ResumePoint:
+    """Check that ``resume`` is a pretraining run of ``config.method`` with a checkpoint and epochs left to train.
+
+    Every failure is one :class:`FewlabelError` line; nothing in the folder is touched.
+    """
+    folder = Path(resume)
+    if not (folder / "config.yaml").is_file():
+        raise FewlabelError(f"{resume} is not a pretraining run folder (no config.yaml)")
+    recorded = (yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8")) or {}).get("method")
+    if recorded != config.method:
+        raise FewlabelError(f"cannot resume {resume} with --method {config.method}: it is a {recorded} run")
+    run = RunFolder(folder)
+    checkpoint = run.checkpoints / "last.ckpt"
+    if not checkpoint.is_file():
+        raise FewlabelError(f"nothing to resume in {resume}: {checkpoint} is missing (no epoch finished); "
+                            "start the run again")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+        # "processed": epochs whose training steps all ran (the epoch-end checkpoint is saved before "completed")
+        epochs_done = int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except Exception as exc:  # torch raises RuntimeError, pickle errors, KeyError on a damaged file
+        message = " ".join(str(exc).split())[:200]
+        raise FewlabelError(f"cannot read the checkpoint {checkpoint} ({type(exc).__name__}: {message}); "
+                            "start the run again") from None
+    if config.epochs <= epochs_done:
+        raise FewlabelError(f"{resume} has already trained {epochs_done} epoch(s); pass --epochs with more than "
+                            f"{epochs_done} to continue it")
+    return ResumePoint(run, checkpoint, epochs_done)
+
+
 def pretrain(config: PretrainConfig, resume: str | None = None) -> RunResult:
     """Pretrain ``config.backbone`` with ``config.method`` on the unlabelled pool and export it."""
     if config.method in TEXT_METHODS:
+        if config.epochs < 1:
+            raise FewlabelError(f"--epochs {config.epochs} is impossible; give a positive number")
+        point = resume_point(resume, config) if resume else None
         dataset = load_dataset(config.data, config.data_dir)
-        split = prepare_split(dataset, config.seed, config.split)
-        return pretrain_text(dataset, split, config)
+        # A resumed run keeps its own split (checked against the data: changed data is an error, not a new split).
+        split = prepare_split(dataset, config.seed, str(point.run.path) if point else config.split)
+        return pretrain_text(dataset, split, config, resume=point)
     if config.method not in METHODS:
         raise FewlabelError(f"unknown method '{config.method}'; choose one of {', '.join(METHODS)}")
     if config.views not in ("auto", "batched", "per-sample"):
         raise FewlabelError(f"--views {config.views!r}: choose auto, batched or per-sample")
     if config.epochs < 1:
         raise FewlabelError(f"--epochs {config.epochs} is impossible; give a positive number")
-    dataset = load_dataset(config.data, config.data_dir)
+    if resume:
+        resume_point(resume, config)  # a clear error before any data is loaded (nothing left to train, ...)
+    dataset = load_dataset(config.data, config.data_dir, skip_bad=config.skip_bad)
     if dataset.modality != "image":
         raise FewlabelError(f"'{dataset.name}' is a {dataset.modality} dataset; image methods need images")
     split = prepare_split(dataset, config.seed, config.split)
@@ -109,6 +164,7 @@ def pretrain(config: PretrainConfig, resume: str | None = None) -> RunResult:
 
 def pretrain_on(dataset: Dataset, split: LabelSplit, config: PretrainConfig, resume: str | None = None) -> RunResult:
     """``pretrain`` on an already loaded dataset and split (the Python entry point for custom data)."""
+    dataset = at_working_size(dataset, config.image_size, cache=config.cache_images)
     channels, height, _ = dataset.image_shape  # views are square crops of the image height
     L.seed_everything(config.seed, workers=True, verbose=False)
     spec = BackboneSpec(name=config.backbone, in_chans=channels, width=config.width)
@@ -133,7 +189,7 @@ def pretrain_on(dataset: Dataset, split: LabelSplit, config: PretrainConfig, res
         checkpoint = None
     handler = run.attach_log()
     try:
-        split.save(run.path / "split.npz")
+        run.save_split(split)
         run.write_config({"command": "pretrain", **asdict(config), "optim": asdict(optim), "views_mode": mode,
                           "dataset": dataset.summary(), "method_hparams": method.hparams,
                           "input_spec": input_spec.to_dict()})
@@ -199,11 +255,18 @@ def load_pretrain_config(run_dir: str | Path) -> PretrainConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise FewlabelError(f"{run_dir} is not a pretraining run folder (no config.yaml)")
-    raw = yaml.safe_load(path.read_text())
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise FewlabelError(f"cannot read {path}: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(raw, dict) or raw.get("command") != "pretrain":
+        what = f"a `fewlabel {raw['command']}` run" if isinstance(raw, dict) and raw.get("command") else "no run"
+        raise FewlabelError(f"{run_dir} is not a pretraining run folder (its config.yaml is from {what})")
     names = {f.name for f in dataclasses.fields(PretrainConfig)}
     values = {k: v for k, v in raw.items() if k in names}
     values["optim"] = OptimConfig(**raw["optim"]) if raw.get("optim") else None
-    values["budget"] = Budget(**raw["budget"])
+    budget_fields = {f.name for f in dataclasses.fields(Budget)}
+    values["budget"] = Budget(**{k: v for k, v in (raw.get("budget") or {}).items() if k in budget_fields})
     # The hyper-parameters the run was built with, not today's defaults: a default changed since (DINO's
     # prototypes, 4,096 -> 1,024) would otherwise rebuild a network its checkpoint does not fit.
     try:
@@ -242,6 +305,8 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
     backbone, info = load_backbone(config.backbone)
     data = config.data or info.get("dataset")
     dataset = load_dataset(data, config.data_dir)
+    # Image folders decode at the side the backbone was pretrained at (in-memory arrays are left as they are).
+    dataset = at_working_size(dataset, (info.get("image_shape") or [None, None, None])[1], resize_arrays=False)
     run_split = Path(config.backbone) / "split.npz"
     same_data = info.get("dataset_fingerprint") == dataset.fingerprint()
     seed = config.seed if config.seed is not None else int(info.get("seed", 0))
@@ -257,8 +322,9 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
     if config.protocol == "finetune":
         return _finetune(backbone, dataset, split, request, seed, config)
     started = time.perf_counter()
-    train_x = extract_features(backbone, dataset.samples, train_idx)
-    test_x = extract_features(backbone, dataset.samples, split.test)
+    device = run_device(config.budget.accelerator)
+    train_x = extract_features(backbone, dataset.samples, train_idx, device=device)
+    test_x = extract_features(backbone, dataset.samples, split.test, device=device)
     train_y = dataset.labels[train_idx]
     test_y = dataset.labels[split.test]
     probe: dict[str, Any]
@@ -300,9 +366,15 @@ def _finetune(backbone, dataset: Dataset, split: LabelSplit, request: LabelReque
                            base=config.runs_dir)
     handler = run.attach_log()
     try:
-        split.save(run.path / "split.npz")
+        run.save_split(split)
         run.write_config({"command": "evaluate", **asdict(config), "optim": asdict(optim)})
-        metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run, seed=seed)
+        # What `fewlabel predict` needs to rebuild the classifier and decode new images as these were decoded.
+        size = backbone.input_spec.size
+        meta = {"backbone": str(config.backbone), "backbone_dir": str(Path(config.backbone).resolve()),
+                "strategy": "finetune", "protocol": "evaluate", "image_size": size[0] if size else None,
+                "in_chans": channels, "data_size": height}
+        metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run, seed=seed,
+                                 model_meta=meta)
     finally:
         run.detach_log(handler)
     return {"protocol": "finetune", "test_accuracy": metrics["test_accuracy"], "labelled": metrics["split"]["labelled"],
@@ -310,13 +382,18 @@ def _finetune(backbone, dataset: Dataset, split: LabelSplit, request: LabelReque
             "dataset": dataset.name, "labels": str(request), "run_dir": str(run.path)}
 
 
-def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -> RunResult:
+def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
+                  resume: ResumePoint | str | None = None) -> RunResult:
     """Masked-LM (``mlm``, 80/10/10 dynamic masking) or next-token (``clm``) pretraining on the pool's text.
 
     ``config.backbone`` picks the model: ``small`` (default for text) builds a small BERT (mlm) or GPT-2 (clm)
     from a config with a WordPiece tokenizer trained on the pool's text; an existing model folder or ``minilm``
     continues pretraining that model on the user's text (domain-adaptive pretraining, mlm only). The export
     folder is a Hugging Face model + tokenizer that ``fewlabel finetune --backbone <run>/export`` accepts.
+
+    ``resume`` (a run folder, or :func:`resume_point`'s answer) continues that run in its own folder from its last
+    checkpoint: model, optimiser, schedule and epoch count come from the checkpoint, the tokenizer from the run
+    (``tokenizer/``), so the vocabulary is the one the checkpoint was trained with.
     """
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -331,13 +408,15 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -
 
     if dataset.modality != "text":
         raise FewlabelError(f"--method {config.method} needs text; '{dataset.name}' is a {dataset.modality} dataset")
+    point = resume_point(resume, config) if isinstance(resume, str | Path) else resume
     texts = [dataset.samples[i] for i in split.pool]  # the pool's text; its labels are never read
     L.seed_everything(config.seed, workers=True, verbose=False)
     options = dict(config.method_options)
     source = "small" if config.backbone in (PretrainConfig.backbone, "small") else config.backbone
     max_length = int(options.pop("max_length", 128))
     if source == "small":
-        tokenizer = train_wordpiece_tokenizer(texts, vocab_size=int(options.pop("vocab_size", 8000)))
+        vocab_size = int(options.pop("vocab_size", 8000))
+        tokenizer = _run_tokenizer(point.run) if point else train_wordpiece_tokenizer(texts, vocab_size=vocab_size)
         size = {k: int(options.pop(k)) for k in ("hidden_size", "num_layers", "num_heads") if k in options}
         builder = build_small_encoder if config.method == "mlm" else build_small_decoder
         model = builder(len(tokenizer), max_length=max(max_length, 64), **size)
@@ -346,21 +425,35 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -
             raise FewlabelError("continued pretraining of an existing model is supported for --method mlm")
         encoder, _ = load_text_backbone(source)
         folder = encoder.input_spec.tokenizer
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        tokenizer = _run_tokenizer(point.run, default=folder) if point else AutoTokenizer.from_pretrained(folder)
         model = AutoModelForMaskedLM.from_pretrained(folder)
         max_length = min(max_length, position_limit(model.config) or max_length)
     if options:
         raise FewlabelError(f"unknown option(s) {', '.join(options)} for text pretraining; valid: max_length, "
                             "vocab_size, hidden_size, num_layers, num_heads")
-    collate = (MaskedLMCollator(tokenizer, max_length=max_length) if config.method == "mlm"
+    # The model's initial weights depend on the seed only; what is drawn after (shuffles, dropout, masks) comes
+    # from the seed, or on resume from a seed derived from it and the finished epochs.
+    seed = point.seed(config.seed) if point else config.seed
+    if point:
+        L.seed_everything(seed, workers=True, verbose=False)
+    collate = (MaskedLMCollator(tokenizer, max_length=max_length, seed=seed) if config.method == "mlm"
                else CausalLMCollator(tokenizer, max_length=max_length))
     optim = config.optim or OptimConfig(optimizer="adamw", lr=5e-4 if source == "small" else 5e-5,
                                         weight_decay=0.01, warmup_fraction=0.06)
-    name = f"pretrain-{config.method}-{dataset.name}-{Path(source).name}-s{config.seed}"
-    run = RunFolder.create(config.out, name, base=config.runs_dir)
+    if point:
+        run = point.run
+    else:
+        name = f"pretrain-{config.method}-{dataset.name}-{Path(source).name}-s{config.seed}"
+        run = RunFolder.create(config.out, name, base=config.runs_dir)
     handler = run.attach_log()
     try:
-        split.save(run.path / "split.npz")
+        if point:
+            log.info("resuming %s after %d epoch(s) from %s", run.path, point.epochs_done, point.checkpoint)
+            _keep_epoch_log(run, point.epochs_done)
+        else:
+            run.save_split(split)
+            if run.primary:  # what a resumed run must tokenize with
+                tokenizer.save_pretrained(str(run.path / "tokenizer"))
         run.write_config({"command": "pretrain", **asdict(config), "optim": asdict(optim), "source": source,
                           "dataset": dataset.summary(), "texts": len(texts)})
         batch_size = config.batch_size or 32
@@ -373,13 +466,19 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -
         log.info("%s pretraining of %s on %d texts, batch %d, %d epochs", config.method, source, len(texts),
                  batch_size, config.epochs)
         started = time.perf_counter()
-        trainer.fit(module, loader)
+        with warnings.catch_warnings():
+            if point:  # the run's own folders hold files, and may have been moved since the checkpoint
+                warnings.filterwarnings("ignore", ".*(Experiment logs|Checkpoint) directory .* exists and is not empty")
+                warnings.filterwarnings("ignore", ".*The dirpath has changed from")
+            trainer.fit(module, loader, ckpt_path=str(point.checkpoint) if point else None)
         seconds = time.perf_counter() - started
         metrics = {"method": config.method, "pretrain_seconds": round(seconds, 3),
                    "samples_per_second": round(module.samples_seen / seconds, 1) if seconds > 0 else None,
                    "epochs": trainer.current_epoch, "batch_size": batch_size, "pool_size": len(texts),
                    "final_loss": float(trainer.callback_metrics.get("lm_loss_epoch", float("nan"))),
                    "monitor": [], "warnings": []}
+        if point:
+            metrics["resumed_after_epochs"] = point.epochs_done
         if trainer.is_global_zero:
             export = run.path / "export"
             # The backbone downstream commands need is the encoder/decoder body; the LM head stays in the
@@ -391,3 +490,25 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig) -
     finally:
         run.detach_log(handler)
     return RunResult(str(run.path), metrics)
+
+
+def _keep_epoch_log(run: RunFolder, epochs_done: int) -> None:
+    """Lightning's CSV logger deletes ``logs/csv/metrics.csv`` when it starts: on resume, keep the rows of the
+    epochs already trained as ``logs/csv/metrics-until-epoch-<n>.csv``."""
+    current = run.logs / "csv" / "metrics.csv"
+    if current.is_file():
+        current.replace(current.with_name(f"metrics-until-epoch-{epochs_done}.csv"))
+
+
+def _run_tokenizer(run: RunFolder, default: str | Path | None = None):
+    """The tokenizer a text pretraining run started with: its ``tokenizer/``, else its ``export/``, else the
+    model folder ``default`` it continues (a run trained from scratch has no other source of its vocabulary)."""
+    from transformers import AutoTokenizer
+
+    for folder in (run.path / "tokenizer", run.path / "export"):
+        if (folder / "tokenizer.json").is_file():
+            return AutoTokenizer.from_pretrained(str(folder))
+    if default is not None:
+        return AutoTokenizer.from_pretrained(str(default))
+    raise FewlabelError(f"cannot resume {run.path}: it holds no tokenizer (tokenizer/ or export/), so its "
+                        "checkpoint's vocabulary is unknown; start a new run")

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import lightning as L
 
 from fewlabel.augment.supervised import build_policy
+from fewlabel.data.images import at_working_size
 from fewlabel.data.registry import load_dataset
-from fewlabel.data.splits import LabelRequest, LabelSplit, make_split
+from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.fit import Budget, fit_classifier
-from fewlabel.engine.run import LOGGER_NAME, RunFolder
+from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult, prepare_split
 from fewlabel.errors import FewlabelError
 from fewlabel.models.backbones import BackboneSpec, Classifier, create_backbone
 
@@ -34,33 +34,24 @@ class SupervisedConfig:
     seed: int = 0
     split: str | None = None
     full_validation: bool = False
+    image_size: int | None = None  # image folders: working side (default: native, at most 96 px from scratch)
+    cache_images: bool = False  # image folders: decode once into a uint8 cache, reused by later runs
+    skip_bad: bool = False  # image folders: leave unreadable files out (counted) instead of stopping
     optim: OptimConfig = field(default_factory=OptimConfig)
     budget: Budget = field(default_factory=Budget)
     out: str | None = None
     runs_dir: str = "runs"
 
 
-@dataclass
-class RunResult:
-    run_dir: str
-    metrics: dict[str, Any]
-
-
-def prepare_split(dataset, seed: int, split_path: str | None) -> LabelSplit:
-    """The seed's split, or a split saved by an earlier run (so both runs use the same labelled subset)."""
-    if split_path:
-        return LabelSplit.load(split_path, dataset)
-    return make_split(dataset, seed=seed)
-
-
 def train_supervised(config: SupervisedConfig) -> RunResult:
     """Train a backbone + linear head from scratch on the labelled subset; returns metrics and the run folder."""
     request = LabelRequest.parse(config.labels)
-    dataset = load_dataset(config.data, config.data_dir, config.columns)
+    dataset = load_dataset(config.data, config.data_dir, config.columns, skip_bad=config.skip_bad)
     split = prepare_split(dataset, config.seed, config.split)
     split.check_request(request, dataset.labels)
     if dataset.modality == "text":
         return _train_text(config, dataset, split, request)
+    dataset = at_working_size(dataset, config.image_size, cache=config.cache_images)
     channels, height, width = dataset.image_shape
     policy = build_policy(config.augment, (height, width), dataset.num_classes, flip=dataset.flip_invariant)
     L.seed_everything(config.seed, workers=True, verbose=False)  # the initial weights depend on the seed only
@@ -71,7 +62,7 @@ def train_supervised(config: SupervisedConfig) -> RunResult:
     run = RunFolder.create(config.out, name, base=config.runs_dir)
     handler = run.attach_log()
     try:
-        split.save(run.path / "split.npz")
+        run.save_split(split)
         run.write_config({
             "command": "train",
             **asdict(config),
@@ -81,7 +72,7 @@ def train_supervised(config: SupervisedConfig) -> RunResult:
             "input_spec": backbone.input_spec.to_dict(),
         })
         log.info("run folder %s; data %s (%s)", run.path, dataset.name, dataset.source)
-        meta = {"backbone": config.backbone, "width": config.width, "in_chans": channels,
+        meta = {"backbone": config.backbone, "width": config.width, "in_chans": channels, "data_size": height,
                 "input_spec": backbone.input_spec.to_dict(), "embed_dim": backbone.embed_dim}
         metrics = fit_classifier(model, dataset, split, request, policy, config.optim, config.budget, run,
                                  seed=config.seed, full_validation=config.full_validation, model_meta=meta)
@@ -117,8 +108,9 @@ def _train_text(config: SupervisedConfig, dataset, split: LabelSplit, request: L
     run = RunFolder.create(config.out, name, base=config.runs_dir)
     handler = run.attach_log()
     try:
-        split.save(run.path / "split.npz")
-        tokenizer.save_pretrained(str(run.path / "tokenizer"))
+        run.save_split(split)
+        if run.primary:
+            tokenizer.save_pretrained(str(run.path / "tokenizer"))
         run.write_config({"command": "train", **asdict(config), "backbone": backbone, "augment": augment,
                           "dataset": dataset.summary(), "augmentation": policy_fn.describe(),
                           "tokenizer": {"type": "wordpiece", "vocab_size": len(tokenizer), "trained_on": "pool text"}})

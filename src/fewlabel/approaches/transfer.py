@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,16 +13,17 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
-from fewlabel.approaches.supervised import RunResult, prepare_split
 from fewlabel.augment.supervised import build_policy
 from fewlabel.data.dataset import Dataset
+from fewlabel.data.images import at_working_size
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.fit import Budget, count_parameters, fit_classifier, save_classifier
-from fewlabel.engine.run import LOGGER_NAME, RunFolder
+from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult, prepare_split
+from fewlabel.engine.trainer import run_device
 from fewlabel.errors import FewlabelError
-from fewlabel.evaluate.probes import accuracy, fit_linear_probe, probe_as_linear
+from fewlabel.evaluate.probes import accuracy, fit_linear_probe, knn_predict, probe_as_linear
 from fewlabel.models.backbones import Backbone, Classifier, InputSpec
 from fewlabel.models.pretrained import load_pretrained
 from fewlabel.transfer.features import cached_features
@@ -53,6 +55,8 @@ class TransferConfig:
     split: str | None = None
     full_validation: bool = False
     image_size: int | None = None
+    cache_images: bool = False  # image folders: decode once into a uint8 cache at the input size, reused later
+    skip_bad: bool = False  # image folders: leave unreadable files out (counted) instead of stopping
     trainable: tuple[str, ...] = ()
     layer_decay: float = 0.75
     l2sp: float = 0.0
@@ -89,7 +93,7 @@ def finetune(config: TransferConfig) -> RunResult:
     if config.head not in ("linear", "logreg"):
         raise FewlabelError(f"--head {config.head!r}: choose logreg or linear")
     request = LabelRequest.parse(config.labels)
-    dataset = load_dataset(config.data, config.data_dir, config.columns)
+    dataset = load_dataset(config.data, config.data_dir, config.columns, skip_bad=config.skip_bad)
     split = prepare_split(dataset, config.seed, config.split)
     split.check_request(request, dataset.labels)
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -105,11 +109,15 @@ def finetune(config: TransferConfig) -> RunResult:
             backbone = backbone.with_pooling(frozen_feature_pooling(backbone.body))
         model = TextClassifier(backbone, dataset.num_classes)
         collate = PairCollator(TextCollator(tokenizer, max_length=backbone.input_spec.max_length))
-        extractor = _text_extractor(backbone, TextCollator(tokenizer, backbone.input_spec.max_length), dataset)
+        extractor = _text_extractor(backbone, TextCollator(tokenizer, backbone.input_spec.max_length), dataset,
+                                    run_device(config.budget.accelerator))
     else:
         if config.text_pooling != TransferConfig.text_pooling:
             raise FewlabelError(f"--text-pooling {config.text_pooling} applies to text data; {dataset.name} has images")
         backbone = prepare_backbone(config.backbone, dataset, config.image_size)
+        # Image folders decode straight to the backbone's input size (in-memory arrays are resized by the model).
+        dataset = at_working_size(dataset, backbone.input_spec.size[0], cache=config.cache_images,
+                                  resize_arrays=False)
         model = Classifier(backbone, dataset.num_classes, data_channels=dataset.image_shape[0])
     plan = apply_strategy(model, config.strategy, list(config.trainable), config.layer_decay, config.l2sp)
     optim = config.optim or STRATEGY_OPTIM[config.strategy]
@@ -118,17 +126,23 @@ def finetune(config: TransferConfig) -> RunResult:
     run = RunFolder.create(config.out, name[:120], base=config.runs_dir)
     handler = run.attach_log()
     try:
-        split.save(run.path / "split.npz")
+        run.save_split(split)
         groups = describe_groups(plan.param_groups, optim.lr)
         run.write_config({"command": "finetune", **asdict(config), "optim": asdict(optim),
                           "dataset": dataset.summary(), "input_spec": backbone.input_spec.to_dict(),
                           "backbone_stages": backbone.stages, "transfer": plan.record, "param_groups": groups})
         log.info("%s of %s: %d trainable / %d frozen parameters", config.strategy, backbone.name,
                  plan.record["trainable_parameters"], plan.record["frozen_parameters"])
+        if "trainable_default" in plan.record:
+            log.info("partial without --trainable: the default %s trains %s", plan.record["trainable_default"],
+                     ", ".join(plan.record["trainable_stages"]))
         # Pooling and input size change the features without changing any tensor shape: model.json needs them.
         inputs = ({"image_size": backbone.input_spec.size[0]} if dataset.modality == "image"
                   else {"text_pooling": backbone.pooling})
-        meta = {"backbone": config.backbone, "strategy": config.strategy, **inputs}
+        # The source actually loaded (text: minilm when the image default was left), and where a folder source lies.
+        loaded = source if dataset.modality == "text" else config.backbone
+        meta = {"backbone": loaded, "strategy": config.strategy, **inputs, **_data_meta(dataset),
+                **({"backbone_dir": str(Path(loaded).resolve())} if Path(loaded).is_dir() else {})}
         extra: dict[str, Any] = {"transfer": plan.record, "param_groups": groups, **inputs}
         if config.strategy == "feature-extract":
             metrics = _fit_on_cached_features(model, dataset, split, request, config, optim, extra, extractor)
@@ -148,6 +162,15 @@ def finetune(config: TransferConfig) -> RunResult:
     return RunResult(str(run.path), metrics)
 
 
+def _data_meta(dataset: Dataset) -> dict[str, Any]:
+    """How samples reached the model (``fewlabel predict`` decodes new images the same way): image channels and
+    the side they were decoded at, before the model's own input adapter."""
+    if dataset.modality != "image":
+        return {}
+    channels, side, _ = dataset.image_shape
+    return {"in_chans": channels, "data_size": side}
+
+
 def _policy(config: TransferConfig, dataset: Dataset):
     if dataset.modality == "text":
         from fewlabel.augment.supervised import AugmentationPolicy
@@ -158,16 +181,20 @@ def _policy(config: TransferConfig, dataset: Dataset):
     return build_policy(config.augment, dataset.image_shape[1:], dataset.num_classes, flip=dataset.flip_invariant)
 
 
-def _text_extractor(backbone, collate, dataset: Dataset):
-    """Features of text samples: tokenise in batches, run the frozen encoder, mean-pool."""
+def _text_extractor(backbone, collate, dataset: Dataset, device: torch.device | None = None):
+    """Features of text samples: tokenise in batches, run the frozen encoder on the run's device, pool."""
+    device = device or torch.device("cpu")
 
     @torch.no_grad()
     def extract(indices: np.ndarray) -> torch.Tensor:
         was_training = backbone.training
-        backbone.eval()
-        chunks = [backbone(collate([dataset.samples[i] for i in indices[start : start + 128]])).float()
-                  for start in range(0, len(indices), 128)]
-        backbone.train(was_training)
+        backbone.eval().to(device)
+        chunks = []
+        for start in range(0, len(indices), 128):
+            batch = collate([dataset.samples[i] for i in indices[start : start + 128]])
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            chunks.append(backbone(batch).float().cpu())
+        backbone.train(was_training).to("cpu")  # the Lightning loop (or the saved model) takes it from the CPU
         return torch.cat(chunks) if chunks else torch.zeros(0, backbone.embed_dim)
 
     return extract
@@ -189,7 +216,8 @@ def _fit_on_cached_features(model: Classifier, dataset: Dataset, split: LabelSpl
     cache_hits = 0
     feats = {}
     for part, idx in (("train", train_idx), ("val", val_idx), ("test", split.test)):
-        feats[part], hit = cached_features(model.backbone, dataset, idx, extractor=extractor)
+        feats[part], hit = cached_features(model.backbone, dataset, idx, extractor=extractor,
+                                           device=run_device(config.budget.accelerator))
         cache_hits += int(hit)
     feature_seconds = time.perf_counter() - started
     fit_started = time.perf_counter()
@@ -256,12 +284,13 @@ def _train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np
 
 
 def rank_backbones(sources: list[str], data: str, labels: str, data_dir: str | None = None, seed: int = 0,
-                   image_size: int | None = None, k: int = 20) -> list[dict[str, Any]]:
+                   image_size: int | None = None, k: int = 20, skip_bad: bool = False,
+                   accelerator: str = "auto") -> list[dict[str, Any]]:
     """Score candidate backbones on the labelled subset before any training: LogME and leave-one-out kNN."""
     if not sources:
         raise FewlabelError("--backbones needs at least one backbone")
     request = LabelRequest.parse(labels)
-    dataset = load_dataset(data, data_dir)
+    dataset = load_dataset(data, data_dir, skip_bad=skip_bad)
     split = prepare_split(dataset, seed, None)
     split.check_request(request, dataset.labels)
     idx = split.labelled(request, dataset.labels)
@@ -270,16 +299,11 @@ def rank_backbones(sources: list[str], data: str, labels: str, data_dir: str | N
     for source in sources:
         started = time.perf_counter()
         backbone = prepare_backbone(source, dataset, image_size)
-        feats, _ = cached_features(backbone, dataset, idx)
-        similarity_k = min(k, len(idx) - 1)
-        yt = torch.as_tensor(y)
-        # Leave-one-out kNN: each labelled example is classified by the others.
-        normed = torch.nn.functional.normalize(feats, dim=1)
-        sim = normed @ normed.T
-        sim.fill_diagonal_(-float("inf"))
-        top_sim, top_idx = sim.topk(similarity_k, dim=1)
-        votes = torch.zeros(len(idx), dataset.num_classes).scatter_add_(1, yt[top_idx], (top_sim / 0.1).exp())
-        knn = accuracy(votes.argmax(dim=1).numpy(), y)
+        working = at_working_size(dataset, backbone.input_spec.size[0], resize_arrays=False)
+        feats, _ = cached_features(backbone, working, idx, device=run_device(accelerator))
+        # Leave-one-out kNN: each labelled example is classified by the others (in chunks: never an N x N matrix).
+        predictions = knn_predict(feats, torch.as_tensor(y), feats, dataset.num_classes, k=k, leave_one_out=True)
+        knn = accuracy(predictions.numpy(), y)
         rows.append({"backbone": source, "logme": logme_score(feats.numpy(), y), "knn_accuracy": knn,
                      "embed_dim": backbone.embed_dim, "image_size": backbone.input_spec.size[0],
                      "labelled": len(idx), "seconds": round(time.perf_counter() - started, 2)})

@@ -74,12 +74,10 @@ def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
     elif job.approach == "transfer":
         strategy, _, backbone = job.variant.partition("@")
         budget = replace(TRANSFER_BUDGET, epochs=s["epochs"], max_minutes=s["max_minutes"], progress=False)
-        # partial: about the last third of the backbone (EfficientNet: blocks.5-6 + head conv; MiniLM: 2 layers)
-        partial = ("last:2",) if s.get("modality") == "text" else ("last:4",)
-        trainable = partial if strategy == "partial" else ()
+        # partial trains the strategy's default stages (transfer.strategies.default_trainable: the last 4 of an
+        # image backbone, the last 2 layers of a text encoder), the stages compare has always trained.
         metrics = finetune(TransferConfig(backbone=backbone, strategy=strategy, data=job.data, data_dir=s["data_dir"],
-                                          labels=job.labels, seed=job.seed, trainable=trainable, budget=budget,
-                                          out=out)).metrics
+                                          labels=job.labels, seed=job.seed, budget=budget, out=out)).metrics
     elif job.approach == "pretrain":
         text = s.get("modality") == "text"
         config = PretrainConfig(method=job.variant, data=job.data, data_dir=s["data_dir"],

@@ -20,7 +20,7 @@ from fewlabel.data.dataset import Dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import ClassificationModule, OptimConfig
 from fewlabel.engine.data import IndexedSamples, auto_batch_size, default_workers, make_loader
-from fewlabel.engine.run import LOGGER_NAME, RunFolder
+from fewlabel.engine.run import LOGGER_NAME, RunFolder, atomic_path, atomic_write
 from fewlabel.engine.trainer import build_trainer
 
 log = logging.getLogger(LOGGER_NAME)
@@ -41,7 +41,7 @@ class Budget:
     max_minutes: float | None = None
     workers: int | None = None
     accelerator: str = "auto"
-    devices: str | int = "auto"
+    devices: str | int = 1  # more than one (or "auto": every visible device) trains with DDP
     num_nodes: int = 1
     precision: str | None = None
     progress: bool | None = None
@@ -100,7 +100,11 @@ def fit_classifier(
     val_idx = split.validation(None if full_validation else request, labels)
     test_idx = split.test
     batch_size = budget.batch_size or auto_batch_size(len(train_idx), maximum=budget.max_batch_size)
-    workers = budget.workers if budget.workers is not None else default_workers(policy.sample_transform is not None)
+    # Files decoded on access (image folders) need loader workers even without augmentation.
+    decoded = not isinstance(dataset.samples, torch.Tensor | list)
+    workers = budget.workers if budget.workers is not None else default_workers(
+        policy.sample_transform is not None or decoded)
+    eval_workers = workers if decoded else 0
     steps_per_epoch = max(1, len(train_idx) // batch_size)
     epochs = budget.resolve_epochs(steps_per_epoch)
     batches_per_epoch = budget.batches_per_epoch(steps_per_epoch, epochs)
@@ -110,10 +114,10 @@ def fit_classifier(
 
     train_loader = make_loader(IndexedSamples(dataset.samples, train_idx, labels, policy.sample_transform),
                                batch_size, shuffle=True, workers=workers, drop_last=True, collate_fn=train_collate)
-    eval_batch = max(batch_size, 512 if dataset.modality == "image" else 128)
-    val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, labels), eval_batch, False, 0,
+    eval_batch = max(batch_size, 512 if dataset.modality == "image" and not decoded else 128)
+    val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, labels), eval_batch, False, eval_workers,
                              collate_fn=eval_collate)
-    test_loader = make_loader(IndexedSamples(dataset.samples, test_idx, labels), eval_batch, False, 0,
+    test_loader = make_loader(IndexedSamples(dataset.samples, test_idx, labels), eval_batch, False, eval_workers,
                               collate_fn=eval_collate)
 
     if dataset.modality == "image":
@@ -166,6 +170,6 @@ def fit_classifier(
 
 def save_classifier(run: RunFolder, model: nn.Module, classes: list[str], meta: dict[str, Any] | None = None) -> None:
     """``model.safetensors`` (the whole classifier: backbone and head) and ``model.json`` (classes, provenance)."""
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(run.path / "model.safetensors"))
-    (run.path / "model.json").write_text(json.dumps({"classes": list(classes), **(meta or {})}, indent=2))
+    with atomic_path(run.path / "model.safetensors", suffix=".safetensors") as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    atomic_write(run.path / "model.json", json.dumps({"classes": list(classes), **(meta or {})}, indent=2) + "\n")

@@ -10,6 +10,9 @@ Layout::
     <run>/model.safetensors + model.json   the trained weights and what is needed to rebuild them
     <run>/INTERRUPTED    only after Ctrl-C: where training stopped and how to resume (see engine.trainer)
 
+Every approach returns a :class:`RunResult` (the folder and its metrics) and draws its labelled subset through
+:func:`prepare_split` (the seed's split, or the one an earlier run saved).
+
 Several processes, one run (multi-GPU): Lightning's DDP launcher re-runs the whole command once per extra
 device, and torchrun / srun start every rank the same way. Only global rank 0 creates the folder and writes
 config and metrics; the other ranks adopt the folder rank 0 made. Rank 0 hands its path to the ranks it is about
@@ -30,11 +33,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from fewlabel.errors import FewlabelError
+
+if TYPE_CHECKING:
+    from fewlabel.data.dataset import Dataset
+    from fewlabel.data.splits import LabelSplit
 
 LOGGER_NAME = "fewlabel"
 LAUNCH_NOTE = ".fewlabel-launch.json"
@@ -147,6 +154,23 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item") and callable(value.item):
         return value.item()
     return value
+
+
+@dataclass
+class RunResult:
+    """What every approach returns: its run folder and the metrics written to ``metrics.json``."""
+
+    run_dir: str
+    metrics: dict[str, Any]
+
+
+def prepare_split(dataset: Dataset, seed: int, split_path: str | None) -> LabelSplit:
+    """The seed's split, or a split saved by an earlier run (so both runs use the same labelled subset)."""
+    from fewlabel.data.splits import LabelSplit, make_split
+
+    if split_path:
+        return LabelSplit.load(split_path, dataset)
+    return make_split(dataset, seed=seed)
 
 
 @dataclass

@@ -4,7 +4,8 @@
 * ``finetune``: every layer trains; layer-wise learning-rate decay scales the learning rate of stage ``i`` of
   ``n`` by ``decay ** (n - i)`` so early, generic layers move least; optional L2-SP pulls weights toward
   their pretrained values instead of toward zero.
-* ``partial``: only the named stages (and the head) train; frozen BatchNorm keeps its statistics.
+* ``partial``: only the named stages (and the head) train; frozen BatchNorm keeps its statistics. Without
+  named stages, the backbone's last stages train (:func:`default_trainable`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,14 @@ import torch
 from torch import nn
 
 from fewlabel.errors import FewlabelError
-from fewlabel.models.backbones import Classifier
+from fewlabel.models.backbones import Backbone, Classifier
 from fewlabel.names import STRATEGIES
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+# ``partial`` without named stages trains the backbone's last N stages, about its last third: 4 for image
+# backbones (EfficientNet-Lite0: blocks.5, blocks.6, conv_head, bn2), 2 for text encoders, whose stages are
+# whole transformer layers (MiniLM-L6: its top two layers). The values `fewlabel compare` has always used.
+DEFAULT_PARTIAL_STAGES = {"image": 4, "text": 2}
 
 
 @dataclass
@@ -104,6 +109,13 @@ def match_stages(model: Classifier, patterns: list[str]) -> list[str]:
     return matched
 
 
+def default_trainable(backbone: Backbone) -> str:
+    """``last:N`` for ``partial`` without named stages: N from :data:`DEFAULT_PARTIAL_STAGES` by the backbone's
+    input (token ids: text, else image), never more than the backbone has stages."""
+    kind = "text" if hasattr(backbone.input_spec, "tokenizer") else "image"
+    return f"last:{max(1, min(DEFAULT_PARTIAL_STAGES[kind], len(backbone.stages)))}"
+
+
 def apply_strategy(
     model: Classifier,
     strategy: str,
@@ -129,7 +141,8 @@ def apply_strategy(
         groups = _groups(head_named, 1.0, "head")
     elif strategy == "partial":
         if not trainable:
-            raise FewlabelError("--strategy partial needs --trainable STAGES (e.g. layer4 or blocks.5,blocks.6)")
+            trainable = [default_trainable(backbone)]
+            record["trainable_default"] = trainable[0]
         keep = set(match_stages(model, trainable))
         for name, param in backbone.body.named_parameters():
             param.requires_grad_(name in keep)
