@@ -43,9 +43,11 @@ def test_each_worker_draws_its_own_augmentations() -> None:
         items = draw(build_text_policy(name, rng=7), workers=2)
         assert [w for w, _ in items] == [0, 1] * 4  # batches alternate between the two workers
         texts = [t for _, t in items]
-        for i in range(0, 8, 2):
-            assert texts[i] != texts[i + 1], name  # worker 0's k-th draw differs from worker 1's
-        assert len(set(texts)) == 8
+        # Worker 0's draws differ from worker 1's (with identical seeds the two sequences would be equal).
+        assert texts[0::2] != texts[1::2], name
+        if name != "eda":  # eda may pick WordNet synonyms, which leave these made-up words unchanged
+            assert all(texts[i] != texts[i + 1] for i in range(0, 8, 2)), name
+            assert len(set(texts)) == 8
         # Same seeds (policy and loader): the same augmentations, worker by worker.
         assert draw(build_text_policy(name, rng=7), workers=2) == items
         assert draw(build_text_policy(name, rng=7), workers=2, loader_seed=1) != items
