@@ -256,3 +256,86 @@ def test_headers_of_an_unchanged_folder_are_read_once(tmp_path: Path, monkeypatc
     _jpeg(root / "cat" / "new.jpg", np.zeros((30, 30, 3), np.uint8))  # a changed folder is read again
     with pytest.raises(AssertionError, match="read again"):
         load_dataset(root)
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(tmp_path: Path) -> None:
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000).astype(np.uint16)  # 0 .. 63,000
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    out = decode_image(tmp_path / "deep.png", 8, 1)[0]
+    assert out.tolist() == np.rint(ramp * (255.0 / 65535.0)).astype(np.uint8).tolist()
+
+
+def test_dangling_links_and_oversized_headers_are_named_or_skipped(tmp_path: Path) -> None:
+    root = _photo_folder(tmp_path / "pets")
+    (root / "cat" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with pytest.raises(FewlabelError, match=r"gone\.jpg"):
+        load_dataset(root)
+    # A header that claims 20,000 x 20,000 px (a panorama, or a corrupt file): Pillow refuses it as a bomb.
+    Image.new("L", (1, 1)).save(root / "dog" / "huge.bmp")
+    data = bytearray((root / "dog" / "huge.bmp").read_bytes())
+    data[18:22] = (20000).to_bytes(4, "little")
+    data[22:26] = (20000).to_bytes(4, "little")
+    (root / "dog" / "huge.bmp").write_bytes(bytes(data))
+    dataset = load_dataset(root, skip_bad=True)
+    assert sorted(Path(p).name for p in dataset.summary()["skipped_bad"]["examples"]) == ["gone.jpg", "huge.bmp"]
+    assert len(dataset) == 12
+
+
+def test_a_file_rewritten_with_its_old_size_and_time_gets_a_new_cache(tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "bmp"
+    for name in ("a", "b"):
+        for i in range(3):
+            (root / name).mkdir(parents=True, exist_ok=True)
+            Image.new("L", (8, 8), 40).save(root / name / f"{i}.bmp")
+    target = root / "a" / "0.bmp"
+    before = load_dataset(root).samples.at_size(8)
+    stamp = target.stat()
+    target.unlink()  # rewritten as a new file (cp -p, unzip), same size, old modification time restored
+    Image.new("L", (8, 8), 255).save(target)
+    os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    after = load_dataset(root).samples.at_size(8)
+    assert after.fingerprint == before.fingerprint  # same names, sizes and times: the same data for splits
+    assert after.cache_key() != before.cache_key()  # but never the old decoded pixels
+    assert int(cached_store(after, tmp_path / "cache", workers=0)[0].float().mean()) == 255
+
+
+def test_truncated_caches_and_abandoned_builds(tmp_path: Path) -> None:
+    files = load_dataset(_photo_folder(tmp_path / "pets")).samples.at_size(16)
+    store = cached_store(files, tmp_path / "cache", workers=0)
+    with open(store.path, "r+b") as handle:
+        handle.truncate(Path(store.path).stat().st_size - 10)
+    with pytest.raises(FewlabelError, match="truncated"):
+        ImageArrayFile(store.path)
+    abandoned = tmp_path / "cache" / f"{files.cache_key()}.99999999.tmp.npy"  # no such process
+    abandoned.write_bytes(b"half a cache")
+    rebuilt = cached_store(files, tmp_path / "cache", workers=0)  # the truncated cache is rebuilt
+    assert torch.equal(rebuilt[np.arange(12)], files[np.arange(12)])
+    assert not abandoned.exists()
+
+
+def test_a_cached_dataset_refuses_another_size(tmp_path: Path) -> None:
+    dataset = load_dataset(_photo_folder(tmp_path / "pets"))
+    cached = at_working_size(dataset, 16, cache=True)
+    assert at_working_size(cached, 16) is cached
+    with pytest.raises(FewlabelError, match="16 px cache"):
+        at_working_size(cached, 32)
+
+
+def test_evaluate_sees_the_size_a_backbone_was_pretrained_at(tmp_path: Path) -> None:
+    from fewlabel.approaches.selfsupervised import EvaluateConfig, PretrainConfig, evaluate_backbone, pretrain
+    from fewlabel.engine.fit import Budget
+
+    run = pretrain(PretrainConfig(method="simclr", data="digits", epochs=1, width=8, image_size=16,
+                                  budget=Budget(workers=0, progress=False), out=str(tmp_path / "pre")))
+    import yaml
+
+    config = yaml.safe_load((Path(run.run_dir) / "config.yaml").read_text())
+    assert config["dataset"]["shape"] == [1, 16, 16]
+    result = evaluate_backbone(EvaluateConfig(backbone=run.run_dir, protocol="knn", labels="0.2", k=5))
+    # the pretraining run's own split was reused (same data), so the test set is the one pretraining never saw
+    from fewlabel.data.splits import LabelSplit
+
+    assert result["test"] == len(LabelSplit.load(Path(run.run_dir) / "split.npz").test)
+    assert 0.0 <= result["test_accuracy"] <= 1.0

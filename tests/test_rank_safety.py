@@ -40,11 +40,14 @@ def _plain_process(monkeypatch: pytest.MonkeyPatch) -> None:
         del os.environ[name]
 
 
-def as_new_process(monkeypatch: pytest.MonkeyPatch, **env: str) -> None:
-    """What a freshly started rank sees: its launcher's variables, no run folder requested yet."""
+def as_new_process(monkeypatch: pytest.MonkeyPatch, child_of_this_process: bool = True, **env: str) -> None:
+    """What a freshly started rank sees: its launcher's variables, no run folder requested yet, and (for
+    Lightning's launcher) this test process as its parent."""
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setattr(run_module, "_created", {})
+    parent = os.getpid() if child_of_this_process else os.getpid() + 1
+    monkeypatch.setattr(run_module.os, "getppid", lambda: parent)
 
 
 def test_launch_rank_from_each_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -244,3 +247,38 @@ def test_two_process_ddp_simclr_gathers_and_writes_one_run_folder(tmp_path: Path
     runs = list((tmp_path / "runs").iterdir())
     assert [p.name for p in runs] == ["pretrain-simclr-digits-resnet_small-s0"]
     assert (runs[0] / "export" / "backbone.json").is_file() and (runs[0] / "metrics.json").is_file()
+
+
+def test_a_relaunch_with_the_same_launch_id_takes_the_new_folder(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchrun without --rdzv-id has run id 'none' and a fixed address every time: the earlier launch's note
+    matches the id, but it is older than this launch, so the rank waits for and takes rank 0's new folder."""
+    base = tmp_path / "runs"
+    torchrun = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2"}
+    as_new_process(monkeypatch, RANK="0", **torchrun)
+    old = RunFolder.create(None, "train-x", base=base)
+    note = json.loads((old.path / LAUNCH_NOTE).read_text(encoding="utf-8"))
+    note["created"] -= 3600  # the first launch ran an hour ago
+    (old.path / LAUNCH_NOTE).write_text(json.dumps(note), encoding="utf-8")
+    as_new_process(monkeypatch, RANK="0", **torchrun)
+    new = RunFolder.create(None, "train-x", base=base)
+    assert new.path == base / "train-x-2"
+    as_new_process(monkeypatch, RANK="1", **torchrun)
+    assert RunFolder.create(None, "train-x", base=base).path == new.path
+
+
+def test_an_inherited_hand_over_is_not_taken_by_another_launch(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver (notebook, sweep script) that made a run and then starts torchrun passes its environment on:
+    the ranks' parent is the launcher, not the driver, so they ignore the hand-over and use rank 0's note."""
+    base = tmp_path / "runs"
+    driver = RunFolder.create(None, "train-x", base=base)  # a plain run in the driver process
+    inherited = {n: v for n, v in os.environ.items() if n.startswith("FEWLABEL_RUN_")}
+    assert inherited
+    torchrun = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "none", "WORLD_SIZE": "2"}
+    as_new_process(monkeypatch, child_of_this_process=False, RANK="0", **torchrun)
+    rank0 = RunFolder.create(None, "train-x", base=base)
+    # rank 1 is its own process: it sees the driver's environment, not what rank 0 set in its own
+    as_new_process(monkeypatch, child_of_this_process=False, RANK="1", **torchrun, **inherited)
+    rank1 = RunFolder.create(None, "train-x", base=base)
+    assert rank0.path == rank1.path == base / "train-x-2" and driver.path == base / "train-x"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -507,12 +508,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.quiet, quiet_lightning=args.command != "backbones")
     from fewlabel.engine.run import is_rank_zero
 
-    if not is_rank_zero():  # the other processes of a multi-device run: rank 0 prints the result once
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of this process)
+    with contextlib.ExitStack() as stack:
+        if not is_rank_zero():  # the other processes of a multi-device run: rank 0 prints results and errors once
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fewlabel.engine.run import is_rank_zero
+
     try:
         return args.func(args)
     except FewlabelError as exc:
-        print(f"fewlabel: error: {one_line(exc)}", file=sys.stderr)
+        if is_rank_zero():
+            print(f"fewlabel: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         # One line, from one process: the other ranks of a multi-device run are interrupted too.

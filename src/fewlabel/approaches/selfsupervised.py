@@ -306,7 +306,9 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
     data = config.data or info.get("dataset")
     dataset = load_dataset(data, config.data_dir)
     # Image folders decode at the side the backbone was pretrained at (in-memory arrays are left as they are).
-    dataset = at_working_size(dataset, (info.get("image_shape") or [None, None, None])[1], resize_arrays=False)
+    # Arrays are resized too when the backbone has no input size of its own (pretrained with --image-size).
+    dataset = at_working_size(dataset, (info.get("image_shape") or [None, None, None])[1],
+                              resize_arrays=backbone.input_spec.size is None)
     run_split = Path(config.backbone) / "split.npz"
     same_data = info.get("dataset_fingerprint") == dataset.fingerprint()
     seed = config.seed if config.seed is not None else int(info.get("seed", 0))
@@ -449,7 +451,8 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
     try:
         if point:
             log.info("resuming %s after %d epoch(s) from %s", run.path, point.epochs_done, point.checkpoint)
-            _keep_epoch_log(run, point.epochs_done)
+            if run.primary:
+                _keep_epoch_log(run, point.epochs_done)
         else:
             run.save_split(split)
             if run.primary:  # what a resumed run must tokenize with

@@ -146,7 +146,8 @@ def finetune(config: TransferConfig) -> RunResult:
         extra: dict[str, Any] = {"transfer": plan.record, "param_groups": groups, **inputs}
         if config.strategy == "feature-extract":
             metrics = _fit_on_cached_features(model, dataset, split, request, config, optim, extra, extractor)
-            save_classifier(run, model, dataset.classes, {**meta, "head": config.head})
+            if run.primary:  # every rank of an external multi-process launch repeats this job: rank 0 writes it
+                save_classifier(run, model, dataset.classes, {**meta, "head": config.head})
             run.write_metrics(metrics)
         else:
             policy = _policy(config, dataset)

@@ -61,7 +61,11 @@ class Dataset:
         return tuple(self.samples.shape[1:])  # type: ignore[return-value]
 
     def fingerprint(self) -> str:
-        """A short hash of what identifies the data: name, size and labels (used to validate saved splits)."""
+        """A short hash of what identifies the data: name, size and labels (used to validate saved splits).
+
+        A copy resized for a run (``at_working_size``) keeps the fingerprint of the data it was made from."""
+        if self.extra.get("data_fingerprint"):
+            return str(self.extra["data_fingerprint"])
         digest = hashlib.sha256()
         digest.update(f"{self.name}|{len(self)}|{self.modality}".encode())
         digest.update(np.ascontiguousarray(self.labels).tobytes())

@@ -59,6 +59,10 @@ def decode_image(path: str | os.PathLike, size: int, channels: int) -> torch.Ten
         with Image.open(path) as img:
             img.draft(mode, (size, size))  # JPEG: libjpeg decodes at 1/2..1/8 scale, never below the request
             img = ImageOps.exif_transpose(img)  # photos from phones store their rotation in EXIF
+            if img.mode.startswith("I"):  # 16/32-bit grey: scale to 8 bits (convert() would clip at 255)
+                wide = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if wide.max(initial=0) <= 65535 else float(wide.max())
+                img = Image.fromarray(np.rint(wide.clip(0, top) * (255.0 / top)).astype(np.uint8), "L")
             img = img.convert(mode)
             width, height = img.size
             scale = size / min(width, height)
@@ -125,12 +129,14 @@ class _SampleStore(ABC):
 class ImageFiles(_SampleStore):
     """Files under ``root`` (relative names), decoded on access to ``uint8 (channels, size, size)``."""
 
-    def __init__(self, root: str | os.PathLike, names: np.ndarray, channels: int, size: int, fingerprint: str):
+    def __init__(self, root: str | os.PathLike, names: np.ndarray, channels: int, size: int, fingerprint: str,
+                 cache_token: str | None = None):
         self.root = str(root)
         self.names = np.asarray(names, dtype=np.bytes_)  # one byte per character; no per-name Python objects
         self.channels = channels
         self.size = int(size)
-        self.fingerprint = fingerprint
+        self.fingerprint = fingerprint  # names, sizes, modification times: identifies the data (splits, features)
+        self.cache_token = cache_token or fingerprint  # adds inodes and change times: keys decoded-pixel caches
 
     def __len__(self) -> int:
         return len(self.names)
@@ -143,13 +149,13 @@ class ImageFiles(_SampleStore):
 
     def at_size(self, size: int) -> ImageFiles:
         """The same files, decoded at another working size."""
-        return ImageFiles(self.root, self.names, self.channels, size, self.fingerprint)
+        return ImageFiles(self.root, self.names, self.channels, size, self.fingerprint, self.cache_token)
 
     def subset(self, keep: np.ndarray) -> ImageFiles:
-        return ImageFiles(self.root, self.names[keep], self.channels, self.size, self.fingerprint)
+        return ImageFiles(self.root, self.names[keep], self.channels, self.size, self.fingerprint, self.cache_token)
 
     def cache_key(self) -> str:
-        text = f"{self.fingerprint}|{self.channels}|{self.size}|{DECODE_VERSION}"
+        text = f"{self.cache_token}|{self.channels}|{self.size}|{DECODE_VERSION}"
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def __repr__(self) -> str:
@@ -174,6 +180,8 @@ class ImageArrayFile(_SampleStore):
             raise FewlabelError(f"{self.path} is not an image cache (uint8 N x C x S x S); delete it to rebuild")
         self.length, self.channels, self.size = int(shape[0]), int(shape[1]), int(shape[2])
         self.row_bytes = self.channels * self.size * self.size
+        if os.path.getsize(self.path) < self.offset + self.length * self.row_bytes:
+            raise FewlabelError(f"image cache {self.path} is truncated; delete it to rebuild")
         self._fd: int | None = None
         self._pid = -1
 
@@ -235,7 +243,9 @@ def index_image_folder(root: str | os.PathLike, skip_bad: bool = False) -> Folde
     names: list[str] = []
     labels: list[int] = []
     empty: list[str] = []
+    unreadable: list[str] = []  # only with skip_bad: files that could not even be stat-ed
     digest = hashlib.sha256()
+    content = hashlib.sha256()
     for label, class_dir in enumerate(class_dirs):
         found = 0
         for folder, subdirs, files in os.walk(class_dir):
@@ -244,9 +254,19 @@ def index_image_folder(root: str | os.PathLike, skip_bad: bool = False) -> Folde
                 if hidden(name) or os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
                     continue
                 full = os.path.join(folder, name)
-                stat = os.stat(full)
                 relative = os.path.relpath(full, root)
+                try:
+                    stat = os.stat(full)
+                except OSError as exc:  # a dangling link, a file removed meanwhile
+                    if not skip_bad:
+                        raise FewlabelError(f"cannot read image {full}: {exc.strerror}; fix or remove the file, or "
+                                            "pass --skip-bad to skip unreadable images") from None
+                    unreadable.append(relative)
+                    continue
                 digest.update(f"{relative}|{stat.st_size}|{stat.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+                # Rewritten in place with the old size and time kept (cp -p, rsync -t, unzip): a new inode or
+                # status-change time still tells the decoded-pixel caches apart.
+                content.update(f"{stat.st_ino}|{stat.st_ctime_ns}\n".encode())
                 names.append(relative)
                 labels.append(label)
                 found += 1
@@ -257,9 +277,11 @@ def index_image_folder(root: str | os.PathLike, skip_bad: bool = False) -> Folde
                             + (f" (and {len(empty) - 1} more empty class folders)" if len(empty) > 1 else "")
                             + "; add images or remove the folder")
     fingerprint = digest.hexdigest()[:24]
+    content.update(digest.digest())
+    cache_token = content.hexdigest()[:24]
     # The headers of an unchanged folder (same names, sizes and modification times) are read once: on a cold
     # disk, reading 200,000 headers takes minutes, listing and stat-ing the files seconds.
-    summary_path = cache_dir() / "image-index" / f"{fingerprint}-{'skip-bad' if skip_bad else 'strict'}.json"
+    summary_path = cache_dir() / "image-index" / f"{cache_token}-{'skip-bad' if skip_bad else 'strict'}-v1.json"
     summary = _read_index_summary(summary_path)
     if summary is None:
         summary = _read_headers(root, names, skip_bad)
@@ -270,7 +292,7 @@ def index_image_folder(root: str | os.PathLike, skip_bad: bool = False) -> Folde
             os.replace(tmp, summary_path)
         except OSError:  # a read-only cache only costs the next run the header pass
             pass
-    skipped = list(summary["skipped"])
+    skipped = [*unreadable, *summary["skipped"]]
     if skipped:
         log.warning("skipped %d unreadable image(s) in %s, e.g. %s", len(skipped), root, skipped[0])
     bad = set(skipped)
@@ -279,7 +301,7 @@ def index_image_folder(root: str | os.PathLike, skip_bad: bool = False) -> Folde
     if not len(kept_labels):
         raise FewlabelError(f"{root}: no readable images left")
     files = ImageFiles(root, np.asarray([n.encode("utf-8", "surrogateescape") for n in names])[keep],
-                       summary["channels"], summary["side"], fingerprint)
+                       summary["channels"], summary["side"], fingerprint, cache_token)
     missing = [class_dirs[c].name for c in range(len(class_dirs)) if not (kept_labels == c).any()]
     if missing:
         raise FewlabelError(f"class folder {root / missing[0]} has no readable images; fix or remove it")
@@ -289,6 +311,8 @@ def index_image_folder(root: str | os.PathLike, skip_bad: bool = False) -> Folde
 def _read_headers(root: Path, names: list[str], skip_bad: bool) -> dict[str, Any]:
     """Channels (any colour image makes the set RGB), the most common shorter side, and the unreadable files
     (only with ``skip_bad``, which also decodes each file once; without it the first is an error)."""
+    from PIL import Image
+
     modes: Counter[bool] = Counter()
     sides: Counter[int] = Counter()
     skipped: list[str] = []
@@ -298,7 +322,7 @@ def _read_headers(root: Path, names: list[str], skip_bad: bool) -> dict[str, Any
             mode, (width, height) = _read_header(full)
             if skip_bad:
                 decode_image(full, 32, 1)
-        except (OSError, ValueError, FewlabelError) as exc:
+        except (OSError, ValueError, FewlabelError, Image.DecompressionBombError) as exc:
             if not skip_bad:
                 reason = str(exc).split(";")[0]
                 raise FewlabelError(f"cannot read image {full}: {reason}; fix or remove the file, or pass "
@@ -342,6 +366,7 @@ def cached_store(files: ImageFiles, cache_root: str | os.PathLike, workers: int 
             pass
         log.warning("image cache %s does not fit these files; rebuilding it", path)
     cache_root.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned_builds(cache_root, path.stem)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
     # The header and the file's full length come from numpy; rows are then written with positioned writes,
     # since pages written through a memory map would stay in this process's resident memory.
@@ -355,7 +380,11 @@ def cached_store(files: ImageFiles, cache_root: str | os.PathLike, workers: int 
     try:
         with open(tmp, "r+b") as handle:
             for positions, batch in loader:
-                os.pwrite(handle.fileno(), batch.numpy().tobytes(), layout.offset + positions[0] * layout.row_bytes)
+                data = memoryview(batch.numpy().tobytes())
+                where = layout.offset + positions[0] * layout.row_bytes
+                while data:  # pwrite may write less than asked (large batches, signals)
+                    written = os.pwrite(handle.fileno(), data, where)
+                    data, where = data[written:], where + written
                 done += len(positions)
                 if done / len(files) >= next_report:
                     log.info("image cache: %d/%d images (%.0f images/s)", done, len(files),
@@ -367,6 +396,21 @@ def cached_store(files: ImageFiles, cache_root: str | os.PathLike, workers: int 
         tmp.unlink(missing_ok=True)
         raise
     return ImageArrayFile(path)
+
+
+def _remove_abandoned_builds(cache_root: Path, stem: str) -> None:
+    """Delete ``<stem>.<pid>.tmp.npy`` files of builds whose process is gone (killed, out of memory): each is as
+    large as the whole cache. A build still running elsewhere is left alone."""
+    for leftover in cache_root.glob(f"{stem}.*.tmp.npy"):
+        pid = leftover.name[len(stem) + 1 :].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            leftover.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
 
 
 class _Rows(torch.utils.data.Dataset):

@@ -141,12 +141,18 @@ def at_working_size(dataset: Dataset, image_size: int | None, preferred: int | N
     if image_size is not None and image_size < 8:
         raise FewlabelError(f"--image-size {image_size} is impossible; give a side of at least 8 pixels")
     files = dataset.samples
+    if isinstance(files, ImageArrayFile):
+        if image_size not in (None, files.size):
+            raise FewlabelError(f"{dataset.name} is already read from its {files.size} px cache; start from the "
+                                f"dataset as loaded to work at {image_size} px")
+        return dataset
     if not isinstance(files, ImageFiles):
         if not resize_arrays or image_size is None or not isinstance(files, torch.Tensor) \
                 or tuple(files.shape[-2:]) == (image_size, image_size):
             return dataset
         resized = replace(dataset, samples=_resize_array(files, image_size), extra=dict(dataset.extra))
         resized.extra["working_size"] = image_size
+        resized.extra["data_fingerprint"] = dataset.fingerprint()  # the data, not its resized copy (split checks)
         return resized
     size = image_size or min(files.size, preferred or DEFAULT_SCRATCH_SIDE)
     samples: ImageFiles | ImageArrayFile = files.at_size(size)

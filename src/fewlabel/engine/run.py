@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 LOGGER_NAME = "fewlabel"
 LAUNCH_NOTE = ".fewlabel-launch.json"
+# Ranks of one launch start within this many seconds of each other (FEWLABEL_RANK_SLACK overrides): a launch note
+# older than that, relative to this process's start, belongs to an earlier launch of the same command.
+RANK_SLACK_SECONDS = 120.0
+PROCESS_STARTED = time.time()
 RANK_WAIT_SECONDS = 600.0  # how long a rank > 0 waits for rank 0's folder ($FEWLABEL_RANK_WAIT overrides)
 
 
@@ -205,11 +209,13 @@ class RunFolder:
         except OSError as exc:
             raise FewlabelError(f"cannot create run folder {path}: {exc.strerror}; choose another --out") from None
         # Ranks launched from here on (Lightning's DDP launcher copies this environment) take the same folder.
-        os.environ[_handoff_variable(key, occurrence)] = str(path.absolute())
+        # The value names this process: only its own children (Lightning's launcher) take it, never the ranks of
+        # a later torchrun that merely inherited this environment.
+        os.environ[_handoff_variable(key, occurrence)] = f"{os.getpid()}|{path.absolute()}"
         launch = _launch_id()
         if launch is not None:  # ranks started by an external launcher look for this note
-            atomic_write(path / LAUNCH_NOTE, json.dumps({"launch": launch, "request": key,
-                                                         "occurrence": occurrence}) + "\n")
+            atomic_write(path / LAUNCH_NOTE, json.dumps({"launch": launch, "request": key, "occurrence": occurrence,
+                                                         "created": time.time()}) + "\n")
         return cls(path)
 
     @property
@@ -284,10 +290,13 @@ def _adopt(key: str, occurrence: int, out: str | os.PathLike | None, default_nam
            rank: int) -> Path:
     """The folder rank 0 created for the same request: handed over in the environment when rank 0 launched this
     process, else found by rank 0's launch note (waiting for it, as every rank starts at once)."""
-    handed = os.environ.get(_handoff_variable(key, occurrence))
-    if handed:
+    launcher, _, handed = os.environ.get(_handoff_variable(key, occurrence), "").partition("|")
+    if handed and launcher == str(os.getppid()):
         return Path(handed)
     launch = _launch_id()
+    # A launch id can repeat (torchrun without --rdzv-id, a fixed MASTER_ADDR:MASTER_PORT): only a note written
+    # since shortly before this process started belongs to this launch, and the newest one wins.
+    oldest = PROCESS_STARTED - float(os.environ.get("FEWLABEL_RANK_SLACK", RANK_SLACK_SECONDS))
     wait = float(os.environ.get("FEWLABEL_RANK_WAIT", RANK_WAIT_SECONDS))
     deadline = time.monotonic() + wait
     while True:
@@ -297,13 +306,18 @@ def _adopt(key: str, occurrence: int, out: str | os.PathLike | None, default_nam
             parent = Path(base)
             candidates = sorted(p for p in parent.glob(f"{default_name}*")
                                 if p.name == default_name or p.name[len(default_name):].lstrip("-").isdigit())
+        matching = []
         for candidate in candidates:
             try:
                 note = json.loads((candidate / LAUNCH_NOTE).read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                created = float(note.get("created", 0.0))
+            except (OSError, ValueError, TypeError, AttributeError):
                 continue
-            if note == {"launch": launch, "request": key, "occurrence": occurrence}:
-                return candidate
+            same = (note.get("launch"), note.get("request"), note.get("occurrence")) == (launch, key, occurrence)
+            if same and created >= oldest:
+                matching.append((created, str(candidate)))
+        if matching:
+            return Path(max(matching)[1])
         if time.monotonic() > deadline:
             where = out if out is not None else Path(base) / f"{default_name}*"
             raise FewlabelError(f"rank {rank}: rank 0 did not create run folder {where} within {wait:.0f} s; "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,6 +43,8 @@ def run_device(accelerator: str = "auto") -> torch.device:
     """The device a run's work outside the Lightning loop (feature extraction, probes) should use: the one its
     training would use, so ``--accelerator cpu`` keeps everything on the CPU."""
     kind = device_type(accelerator)
+    if kind == "cuda" and "LOCAL_RANK" in os.environ:  # each rank of a launch on its own GPU, as Lightning does
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(kind if kind in ("cuda", "mps", "cpu") else "cpu")
 
 
@@ -93,7 +96,9 @@ class InterruptMarker(Callback):
         command = self._command()
         resume = f"fewlabel pretrain --resume {self.run.path}" if command == "pretrain" and last.is_file() else None
         self.message = f"run {self.run.path} marked {INTERRUPTED}" + (f"; continue it with `{resume}`" if resume
-                                                                      else "; rerun the command to start it again")
+                                                                      else "; rerun the command with another --out "
+                                                                      "(or after deleting that folder) to start "
+                                                                      "it again")
         if not trainer.is_global_zero:
             return
         note = {
