@@ -339,3 +339,48 @@ def test_evaluate_sees_the_size_a_backbone_was_pretrained_at(tmp_path: Path) -> 
 
     assert result["test"] == len(LabelSplit.load(Path(run.run_dir) / "split.npz").test)
     assert 0.0 <= result["test_accuracy"] <= 1.0
+
+
+def test_training_crops_come_from_the_whole_photo(tmp_path: Path) -> None:
+    """A 4:3 photo with a black band at its left edge: its centre square never shows the band, while training
+    crops of the whole decoded photo (random-resized, 25-100% of the area) sometimes do."""
+    from fewlabel.augment.supervised import build_policy
+
+    photo = np.full((60, 80, 3), 255, dtype=np.uint8)
+    photo[:, :6] = 0  # the centre square of the 80 px width starts at column 10
+    for name in ("a", "b"):
+        for i in range(3):
+            (tmp_path / "wide" / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(photo).save(tmp_path / "wide" / name / f"{i}.png")
+    files = at_working_size(load_dataset(tmp_path / "wide"), 64).samples
+    assert int(files[0].min()) > 200  # the centre square: no black
+    whole = files.whole_images()
+    assert whole[0].shape == (3, 64, 85)  # shorter side 64, nothing cropped away
+    policy = build_policy("standard", (64, 64), 2, flip=False)
+    assert policy.crops_to_size
+    torch.manual_seed(0)
+    crops = [policy.sample_transform(whole[0]) for _ in range(40)]
+    assert all(c.shape == (3, 64, 64) for c in crops)
+    assert any(int(c.min()) < 50 for c in crops)  # some crops reach the black band
+    with pytest.raises(ValueError, match="one at a time"):
+        whole[[0, 1]]
+
+
+def test_fit_feeds_whole_photos_to_cropping_policies_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fewlabel.engine.fit as fit
+
+    seen = []
+    original = fit.IndexedSamples
+
+    def spy(samples, *args, **kwargs):
+        seen.append(getattr(samples, "crop", None))
+        return original(samples, *args, **kwargs)
+
+    monkeypatch.setattr(fit, "IndexedSamples", spy)
+    root = _photo_folder(tmp_path / "pets", per_class=6)
+    for augment, expected in (("standard", False), ("none", True)):
+        seen.clear()
+        assert main(["-q", "train", "--data", str(root), "--epochs", "1", "--image-size", "32", "--workers", "0",
+                     "--augment", augment, "--out", str(tmp_path / f"run-{augment}")]) == 0
+        assert seen[0] is expected  # the train loader; validation and test always see centre squares
+        assert seen[1:] == [True, True]

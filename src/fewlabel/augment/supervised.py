@@ -29,6 +29,9 @@ class AugmentationPolicy:
     name: str
     sample_transform: Callable[[torch.Tensor], torch.Tensor] | None
     batch_transform: BatchTransform | None
+    # The sample transform starts with a crop to the working size, so it also takes whole, non-square images
+    # (image folders then feed it the full decoded photo instead of its centre square).
+    crops_to_size: bool = False
 
     def describe(self) -> str:
         parts = [repr(self.sample_transform) if self.sample_transform else "identity"]
@@ -67,11 +70,13 @@ def build_policy(name: str, image_size: tuple[int, int], num_classes: int, flip:
 
     base = standard_transform(image_size, flip)
     if name == "standard":
-        return AugmentationPolicy(name, base, None)
+        return AugmentationPolicy(name, base, None, crops_to_size=True)
     if name == "autoaugment":
-        return AugmentationPolicy(name, v2.Compose([base, v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]), None)
+        return AugmentationPolicy(name, v2.Compose([base, v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET)]), None,
+                                  crops_to_size=True)
     if name == "randaugment":
-        return AugmentationPolicy(name, v2.Compose([base, v2.RandAugment(num_ops=2, magnitude=9)]), None)
+        return AugmentationPolicy(name, v2.Compose([base, v2.RandAugment(num_ops=2, magnitude=9)]), None,
+                                  crops_to_size=True)
     if name == "mixup":
-        return AugmentationPolicy(name, base, v2.MixUp(alpha=0.2, num_classes=num_classes))
-    return AugmentationPolicy(name, base, v2.CutMix(alpha=1.0, num_classes=num_classes))
+        return AugmentationPolicy(name, base, v2.MixUp(alpha=0.2, num_classes=num_classes), crops_to_size=True)
+    return AugmentationPolicy(name, base, v2.CutMix(alpha=1.0, num_classes=num_classes), crops_to_size=True)

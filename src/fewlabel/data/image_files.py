@@ -46,8 +46,9 @@ def hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
-def decode_image(path: str | os.PathLike, size: int, channels: int) -> torch.Tensor:
-    """One file as ``uint8 (channels, size, size)``: shorter side scaled to ``size``, centre square kept.
+def decode_image(path: str | os.PathLike, size: int, channels: int, crop: bool = True) -> torch.Tensor:
+    """One file as ``uint8 (channels, size, size)``: shorter side scaled to ``size``, centre square kept
+    (``crop=False``: the whole image, ``size`` on its shorter side, for training crops from the full photo).
 
     The same preprocessing serves training, evaluation and ``fewlabel predict``. Raises ``FewlabelError``
     naming the file when it cannot be decoded.
@@ -70,7 +71,7 @@ def decode_image(path: str | os.PathLike, size: int, channels: int) -> torch.Ten
             if new != (width, height):
                 img = img.resize(new, Image.BILINEAR, reducing_gap=3.0)
             left, top = (new[0] - size) // 2, (new[1] - size) // 2
-            if new != (size, size):
+            if crop and new != (size, size):
                 img = img.crop((left, top, left + size, top + size))
             array = np.array(img, dtype=np.uint8)  # a writable copy
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -130,13 +131,14 @@ class ImageFiles(_SampleStore):
     """Files under ``root`` (relative names), decoded on access to ``uint8 (channels, size, size)``."""
 
     def __init__(self, root: str | os.PathLike, names: np.ndarray, channels: int, size: int, fingerprint: str,
-                 cache_token: str | None = None):
+                 cache_token: str | None = None, crop: bool = True):
         self.root = str(root)
         self.names = np.asarray(names, dtype=np.bytes_)  # one byte per character; no per-name Python objects
         self.channels = channels
         self.size = int(size)
         self.fingerprint = fingerprint  # names, sizes, modification times: identifies the data (splits, features)
         self.cache_token = cache_token or fingerprint  # adds inodes and change times: keys decoded-pixel caches
+        self.crop = crop  # False: whole images of varying shape, only for per-sample training transforms
 
     def __len__(self) -> int:
         return len(self.names)
@@ -145,14 +147,26 @@ class ImageFiles(_SampleStore):
         return os.path.join(self.root, self.names[index].decode("utf-8", "surrogateescape"))
 
     def _read(self, index: int) -> torch.Tensor:
-        return decode_image(self.path(index), self.size, self.channels)
+        return decode_image(self.path(index), self.size, self.channels, crop=self.crop)
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        if not self.crop and _as_indices(index, len(self)) is not None:
+            raise ValueError("whole (uncropped) images differ in shape: index them one at a time")
+        return super().__getitem__(index)
+
+    def whole_images(self) -> ImageFiles:
+        """The same files decoded whole (shorter side at ``size``, nothing cropped away), for a training
+        transform that crops to ``size`` itself: random-resized crops then come from the full photo."""
+        return ImageFiles(self.root, self.names, self.channels, self.size, self.fingerprint, self.cache_token,
+                          crop=False)
 
     def at_size(self, size: int) -> ImageFiles:
         """The same files, decoded at another working size."""
-        return ImageFiles(self.root, self.names, self.channels, size, self.fingerprint, self.cache_token)
+        return ImageFiles(self.root, self.names, self.channels, size, self.fingerprint, self.cache_token, self.crop)
 
     def subset(self, keep: np.ndarray) -> ImageFiles:
-        return ImageFiles(self.root, self.names[keep], self.channels, self.size, self.fingerprint, self.cache_token)
+        return ImageFiles(self.root, self.names[keep], self.channels, self.size, self.fingerprint, self.cache_token,
+                          self.crop)
 
     def cache_key(self) -> str:
         text = f"{self.cache_token}|{self.channels}|{self.size}|{DECODE_VERSION}"
@@ -355,6 +369,8 @@ def cached_store(files: ImageFiles, cache_root: str | os.PathLike, workers: int 
     """
     from torch.utils.data import DataLoader
 
+    if not files.crop:
+        raise ValueError("the cache holds squares of the working size; cache the cropped store")
     cache_root = Path(cache_root)
     path = cache_root / f"{files.cache_key()}.npy"
     if path.is_file():

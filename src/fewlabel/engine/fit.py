@@ -17,6 +17,7 @@ from torch import nn
 
 from fewlabel.augment.supervised import AugmentationPolicy
 from fewlabel.data.dataset import Dataset
+from fewlabel.data.image_files import ImageFiles
 from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import ClassificationModule, OptimConfig
 from fewlabel.engine.data import IndexedSamples, auto_batch_size, default_workers, make_loader
@@ -112,7 +113,10 @@ def fit_classifier(
     # Tiny labelled sets need many short epochs; validating after every one would cost more than training.
     val_every = max(1, epochs // 25)
 
-    train_loader = make_loader(IndexedSamples(dataset.samples, train_idx, labels, policy.sample_transform),
+    train_samples = dataset.samples
+    if policy.crops_to_size and isinstance(train_samples, ImageFiles):
+        train_samples = train_samples.whole_images()  # crops from the whole photo, not its centre square
+    train_loader = make_loader(IndexedSamples(train_samples, train_idx, labels, policy.sample_transform),
                                batch_size, shuffle=True, workers=workers, drop_last=True, collate_fn=train_collate)
     eval_batch = max(batch_size, 512 if dataset.modality == "image" and not decoded else 128)
     val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, labels), eval_batch, False, eval_workers,
