@@ -117,3 +117,20 @@ def test_compare_yaml_is_replaced_whole(tmp_path: Path, monkeypatch: pytest.Monk
             compare(CompareConfig(**{**config.__dict__, "seeds": 2}))
     assert (tmp_path / "compare.yaml").read_bytes() == before
     assert leftovers(tmp_path) == []
+
+
+def test_atomic_folder_replaces_a_folder_whole_or_not_at_all(tmp_path: Path) -> None:
+    from fewlabel.engine.run import atomic_folder
+
+    target = tmp_path / "export"
+    with atomic_folder(target) as folder:
+        (folder / "config.json").write_text("v1", encoding="utf-8")
+    assert (target / "config.json").read_text(encoding="utf-8") == "v1"
+    with pytest.raises(RuntimeError), atomic_folder(target) as folder:
+        (folder / "config.json").write_text("half of v2", encoding="utf-8")
+        raise RuntimeError("interrupted while saving")
+    assert (target / "config.json").read_text(encoding="utf-8") == "v1"  # the earlier export survives
+    with atomic_folder(target) as folder:
+        (folder / "model.safetensors").write_bytes(b"v2")
+    assert sorted(p.name for p in target.iterdir()) == ["model.safetensors"]  # replaced, not merged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary or old folders left

@@ -33,7 +33,7 @@ from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.data import IndexedSamples, default_workers, make_loader
 from fewlabel.engine.fit import Budget
 from fewlabel.engine.pretraining import PretrainModule, RepresentationMonitor
-from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult, prepare_split
+from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult, atomic_folder, prepare_split
 from fewlabel.engine.trainer import build_trainer, run_device
 from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.features import extract_features
@@ -483,11 +483,12 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
         if point:
             metrics["resumed_after_epochs"] = point.epochs_done
         if trainer.is_global_zero:
-            export = run.path / "export"
             # The backbone downstream commands need is the encoder/decoder body; the LM head stays in the
-            # checkpoints, so loading the export with AutoModel reports no unused or missing weights.
-            model.base_model.save_pretrained(export)
-            tokenizer.save_pretrained(export)
+            # checkpoints, so loading the export with AutoModel reports no unused or missing weights. Written
+            # whole or not at all: a resumed run replaces its earlier export only once the new one is complete.
+            with atomic_folder(run.path / "export") as export:
+                model.base_model.save_pretrained(export)
+                tokenizer.save_pretrained(export)
             run.write_metrics(metrics)
         log.info("text pretraining done in %.1f s; model exported to %s", seconds, run.path / "export")
     finally:

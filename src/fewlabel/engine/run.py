@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -67,6 +68,26 @@ def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A temporary folder next to ``path`` for writers that fill a folder (Hugging Face ``save_pretrained``):
+    it replaces ``path`` when the block succeeds (an earlier folder is moved aside first, then deleted) and is
+    removed when it fails, so ``path`` always holds one complete version."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write(path: Path, text: str) -> None:
