@@ -147,7 +147,7 @@ def _looks_like_path(source: str) -> bool:
 
 def _image_backbone(meta: dict[str, Any], image_size: int | None):
     """The pretrained architecture a finetune/evaluate run started from, rebuilt offline (weights follow)."""
-    from fewlabel.models.pretrained import _spec_from_cfg, _wrap, load_pretrained
+    from fewlabel.models.pretrained import load_pretrained, spec_from_cfg, wrap_body
 
     source = str(meta.get("backbone") or "")
     if source == "efficientnet_lite0":
@@ -166,7 +166,7 @@ def _image_backbone(meta: dict[str, Any], image_size: int | None):
     if name not in timm.list_models():
         raise FewlabelError(f"the run's backbone {source!r} is not a timm model name; cannot rebuild it")
     body = timm.create_model(name, pretrained=False, num_classes=0)
-    return _wrap(body, name, _spec_from_cfg(body.pretrained_cfg or {}, image_size))
+    return wrap_body(body, name, spec_from_cfg(body.pretrained_cfg or {}, image_size))
 
 
 def _evaluate_meta(run_dir: Path, meta: dict[str, Any], config: dict[str, Any], notes: list[str]) -> dict[str, Any]:
@@ -359,12 +359,12 @@ def _folder_files(folder: Path, suffixes: Sequence[str]) -> tuple[list[str], lis
 def _image_table(path: Path, image_column: str | None, label_column: str | None,
                  notes: list[str]) -> tuple[list[str], list[str], list[str | None]]:
     """A CSV/TSV/JSONL listing image files (relative to the table's folder) and, optionally, their labels."""
-    from fewlabel.data.text import LABEL_COLUMNS, _label_key, _pick_column, _read_records, _RowLog
+    from fewlabel.data.text import LABEL_COLUMNS, RowLog, label_key, pick_column, read_records
 
-    row_log = _RowLog()
-    columns, records, _ = _read_records(path, row_log)
-    file_col = _pick_column(columns, image_column, IMAGE_COLUMNS, "image", path, required=True)
-    label_col = _pick_column(columns, label_column, LABEL_COLUMNS, "label", path, required=False)
+    row_log = RowLog()
+    columns, records, _ = read_records(path, row_log)
+    file_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path, required=True)
+    label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path, required=False)
     paths, names, labels = [], [], []
     for row, record in records:
         value = str(record.get(file_col) or "").strip()
@@ -375,7 +375,7 @@ def _image_table(path: Path, image_column: str | None, label_column: str | None,
         paths.append(str(file if file.is_absolute() else path.parent / file))
         names.append(value)
         raw = record.get(label_col) if label_col else None
-        key = _label_key(raw)  # None for a missing label (empty, -1, nan ...), as training tables read them
+        key = label_key(raw)  # None for a missing label (empty, -1, nan ...), as training tables read them
         # The name as written (a folder-trained run's class "03" stays "03"); match_classes also accepts "3".
         labels.append(None if key is None else raw.strip() if isinstance(raw, str) else str(key))
     if row_log.counts:
@@ -441,13 +441,13 @@ def collect_inputs(run: RunModel, data: str | os.PathLike | Sequence[str | os.Pa
 
 def _collect_images(path: Path, inputs: PredictInputs, image_column: str | None, label_column: str | None) -> None:
     from fewlabel.data.image_files import IMAGE_SUFFIXES
-    from fewlabel.data.text import _table_format
+    from fewlabel.data.text import table_format
 
     if path.is_dir():
         paths, names, labels = _folder_files(path, IMAGE_SUFFIXES)
         if not paths:
             raise FewlabelError(f"no images found in {path} ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    elif _table_format(path) is not None:
+    elif table_format(path) is not None:
         paths, names, labels = _image_table(path, image_column, label_column, inputs.notes)
     elif path.suffix.lower() == ".npz":
         from fewlabel.data.images import load_npz
@@ -463,19 +463,19 @@ def _collect_images(path: Path, inputs: PredictInputs, image_column: str | None,
 
 
 def _collect_texts(path: Path, inputs: PredictInputs, text_column: str | None, label_column: str | None) -> None:
-    from fewlabel.data.text import _decode_file, _table_format, load_text_table
+    from fewlabel.data.text import decode_text_file, load_text_table, table_format
 
-    if path.is_file() and _table_format(path) is not None:
+    if path.is_file() and table_format(path) is not None:
         dataset = load_text_table(path, text_column=text_column, label_column=label_column, require_labels=False)
         skipped = dataset.extra.get("skipped_rows") or {}
         if skipped:
             inputs.notes.append(f"{path.name}: rows skipped: {skipped}")
         _from_dataset(dataset, inputs)
     elif path.is_file() and path.suffix.lower() == ".txt":  # one text per line
-        lines = [line.strip() for line in _decode_file(path)[0].splitlines() if line.strip()]
+        lines = [line.strip() for line in decode_text_file(path)[0].splitlines() if line.strip()]
         inputs.add(lines, [None] * len(lines), texts=lines)
     elif path.is_dir():  # one document per .txt file; <class>/ sub-folders give labels
-        documents = [(name, label, _decode_file(Path(file))[0].strip())
+        documents = [(name, label, decode_text_file(Path(file))[0].strip())
                      for file, name, label in zip(*_folder_files(path, (".txt",)), strict=True)]
         empty = sum(not text for _, _, text in documents)
         if empty:
@@ -545,7 +545,7 @@ class _ImageRows(torch.utils.data.Dataset):
 def _fit_array(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
     """In-memory uint8 images at the run's channels (grey by ITU-R 601 luma, as PIL's convert('L') makes it for
     files) and side (resized as training resizes in-memory arrays)."""
-    from fewlabel.data.images import _resize_array
+    from fewlabel.data.images import resize_array
 
     if images.shape[1] != channels:
         if channels == 1:
@@ -554,7 +554,7 @@ def _fit_array(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
         else:
             images = images.expand(-1, channels, -1, -1)
     if tuple(images.shape[-2:]) != (size, size):
-        images = _resize_array(images, size)
+        images = resize_array(images, size)
     return images.contiguous()
 
 
@@ -654,16 +654,16 @@ class PredictionResult:
 def match_classes(labels: Sequence[str | None], classes: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
     """Indices of ``labels`` among ``classes`` by name (-1: unlabelled or unknown) and the unknown names' counts.
 
-    A name matches exactly, else by the form label columns give it (:func:`fewlabel.data.text._label_key`:
+    A name matches exactly, else by the form label columns give it (:func:`fewlabel.data.text.label_key`:
     ``"03"`` and ``"3"`` are the same number) when that picks one class: a run trained on a table knows class
     ``"3"``, one trained on folders ``"03"``.
     """
-    from fewlabel.data.text import _label_key
+    from fewlabel.data.text import label_key
 
     exact = {name: i for i, name in enumerate(classes)}
     by_key: dict[str | int | None, list[int]] = {}
     for i, name in enumerate(classes):
-        by_key.setdefault(_label_key(name), []).append(i)
+        by_key.setdefault(label_key(name), []).append(i)
     by_key.pop(None, None)  # a class named like a missing label ("nan", "none") matches only exactly
     unknown: Counter[str] = Counter()
     out = np.full(len(labels), -1, dtype=np.int64)
@@ -671,7 +671,7 @@ def match_classes(labels: Sequence[str | None], classes: Sequence[str]) -> tuple
         if label is None:
             continue
         found = exact.get(label)
-        if found is None and len(candidates := by_key.get(_label_key(label), [])) == 1:
+        if found is None and len(candidates := by_key.get(label_key(label), [])) == 1:
             found = candidates[0]
         if found is None:
             unknown[label] += 1

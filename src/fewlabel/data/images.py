@@ -150,7 +150,7 @@ def at_working_size(dataset: Dataset, image_size: int | None, preferred: int | N
         if not resize_arrays or image_size is None or not isinstance(files, torch.Tensor) \
                 or tuple(files.shape[-2:]) == (image_size, image_size):
             return dataset
-        resized = replace(dataset, samples=_resize_array(files, image_size), extra=dict(dataset.extra))
+        resized = replace(dataset, samples=resize_array(files, image_size), extra=dict(dataset.extra))
         resized.extra["working_size"] = image_size
         resized.extra["data_fingerprint"] = dataset.fingerprint()  # the data, not its resized copy (split checks)
         return resized
@@ -165,7 +165,7 @@ def at_working_size(dataset: Dataset, image_size: int | None, preferred: int | N
     return resized
 
 
-def _resize_array(images: torch.Tensor, side: int, chunk: int = 1024) -> torch.Tensor:
+def resize_array(images: torch.Tensor, side: int, chunk: int = 1024) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` to ``(N, C, side, side)`` (shorter side to ``side``, centre square), antialiased,
     a chunk at a time so that no float copy of the whole set exists."""
     height, width = images.shape[-2:]

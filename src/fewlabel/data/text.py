@@ -47,7 +47,7 @@ ROTTEN_TOMATOES_REMOTE = RemoteFile(
 ROTTEN_TOMATOES_CLASSES = ["rotten", "fresh"]
 
 
-class _RowLog:
+class RowLog:
     """Counts skipped rows per reason and keeps the first few row numbers (or file names) of each, for the record."""
 
     def __init__(self) -> None:
@@ -91,7 +91,7 @@ def _clean(value: str) -> str:
     return _SURROGATE.sub("\ufffd", value)
 
 
-def _table_format(path: Path) -> tuple[str, str | None] | None:
+def table_format(path: Path) -> tuple[str, str | None] | None:
     """(format, delimiter) of a table path such as ``x.csv`` or ``x.tsv.gz``; ``None`` when not a table."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSION_SUFFIXES:
@@ -102,9 +102,9 @@ def _table_format(path: Path) -> tuple[str, str | None] | None:
     return ("jsonl" if delimiter is None else "csv"), delimiter
 
 
-def _read_records(path: Path, log: _RowLog) -> tuple[list[str], list[tuple[int, dict[str, Any]]], int]:
+def read_records(path: Path, log: RowLog) -> tuple[list[str], list[tuple[int, dict[str, Any]]], int]:
     """(columns, [(row number, record)], replaced bytes) of a CSV/TSV/JSONL file; row numbers are 1-based lines."""
-    fmt = _table_format(path)
+    fmt = table_format(path)
     if fmt is None:
         raise FewlabelError(f"{path}: not a text table; use .csv, .tsv or .jsonl (optionally .bz2/.gz/.xz)")
     text, bad_bytes = _decode(_read_bytes(path))
@@ -149,7 +149,7 @@ def _read_records(path: Path, log: _RowLog) -> tuple[list[str], list[tuple[int, 
     return list(columns_seen), records, bad_bytes
 
 
-def _pick_column(columns: Sequence[str], given: str | None, defaults: Sequence[str], role: str, path: Path,
+def pick_column(columns: Sequence[str], given: str | None, defaults: Sequence[str], role: str, path: Path,
                  required: bool) -> str | None:
     """The column to use for ``role``: the given name (must exist) or the first default present (any case)."""
     if given is not None:
@@ -174,7 +174,7 @@ def _as_text(value: Any) -> str:
     return _clean(value if isinstance(value, str) else str(value))
 
 
-def _label_key(value: Any) -> str | int | None:
+def label_key(value: Any) -> str | int | None:
     """A label as an int (numeric labels) or a string; ``None`` for a missing label (unlabelled)."""
     if value is None:
         return None
@@ -193,7 +193,7 @@ def _label_key(value: Any) -> str | int | None:
 
 
 def _encode_labels(
-    keys: list[str | int | None], classes: Sequence[str] | None, rows: list[int], log: _RowLog
+    keys: list[str | int | None], classes: Sequence[str] | None, rows: list[int], log: RowLog
 ) -> tuple[np.ndarray, list[str], list[bool]]:
     """Integer labels, class names and a keep-mask; unknown labels (when ``classes`` is fixed) are skipped."""
     keep = [True] * len(keys)
@@ -257,11 +257,11 @@ def load_text_table(
     path = Path(path)
     if not path.is_file():
         raise FewlabelError(f"{path} does not exist or is not a file")
-    log = _RowLog()
-    columns, records, bad_bytes = _read_records(path, log)
-    text_col = _pick_column(columns, text_column, TEXT_COLUMNS, "text", path, required=True)
-    label_col = _pick_column(columns, label_column, LABEL_COLUMNS, "label", path, required=require_labels)
-    group_col = _pick_column(columns, group_column, GROUP_COLUMNS, "group", path, required=False)
+    log = RowLog()
+    columns, records, bad_bytes = read_records(path, log)
+    text_col = pick_column(columns, text_column, TEXT_COLUMNS, "text", path, required=True)
+    label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path, required=require_labels)
+    group_col = pick_column(columns, group_column, GROUP_COLUMNS, "group", path, required=False)
     unlabelled = {str(v) for v in unlabelled_values}
     texts: list[str] = []
     keys: list[str | int | None] = []
@@ -275,7 +275,7 @@ def load_text_table(
             log.skip("missing text" if value is None else "empty text", row)
             continue
         replaced_rows += isinstance(value, str) and _SURROGATE.search(value) is not None
-        key = _label_key(record.get(label_col)) if label_col else None
+        key = label_key(record.get(label_col)) if label_col else None
         if key is not None and str(key) in unlabelled:
             key = None
         texts.append(text)
@@ -312,7 +312,7 @@ def load_text_table(
     )
 
 
-def _decode_file(path: Path) -> tuple[str, int]:
+def decode_text_file(path: Path) -> tuple[str, int]:
     text, bad = _decode(_read_bytes(path))
     return _clean(text), bad
 
@@ -328,13 +328,13 @@ def load_text_folder(root: str | os.PathLike) -> Dataset:
     empty = [d for d in class_dirs if not any(f.suffix.lower() == ".txt" for f in _visible_files(d))]
     if empty:
         raise FewlabelError(f"class folder {empty[0]} has no .txt documents; add documents or remove the folder")
-    log = _RowLog()
+    log = RowLog()
     texts: list[str] = []
     labels: list[int] = []
     bad_bytes = replaced_rows = 0
     for label, class_dir in enumerate(class_dirs):
         for file in sorted(p for p in _visible_files(class_dir) if p.suffix.lower() == ".txt"):
-            text, bad = _decode_file(file)
+            text, bad = decode_text_file(file)
             if not text.strip():
                 log.skip("empty file", str(file.relative_to(root)))
                 continue
@@ -449,7 +449,7 @@ def load_text_path(path: str | os.PathLike, columns: dict[str, str] | None = Non
     path = Path(path).expanduser()
     columns = columns or {}
     if path.is_file():
-        if _table_format(path) is None:
+        if table_format(path) is None:
             return None
         return load_text_table(path, text_column=columns.get("text"), label_column=columns.get("label"),
                                group_column=columns.get("group"))

@@ -43,11 +43,11 @@ def parse_source(source: str) -> PretrainedSource:
     return PretrainedSource("timm-hub", source.removeprefix("timm:"))
 
 
-def _wrap(body, name: str, input_spec: InputSpec) -> Backbone:
+def wrap_body(body, name: str, input_spec: InputSpec) -> Backbone:
     return Backbone(body, body.num_features, stages_with_parameters(body), input_spec, name)
 
 
-def _spec_from_cfg(config: dict, size: int | None) -> InputSpec:
+def spec_from_cfg(config: dict, size: int | None) -> InputSpec:
     input_size = config.get("input_size", (3, 224, 224))
     side = size or input_size[-1]
     return InputSpec(channels=input_size[0], size=(side, side), mean=tuple(config.get("mean", (0.5,) * 3)),
@@ -61,7 +61,7 @@ def load_pretrained(source: str, image_size: int | None = None) -> Backbone:
         from fewlabel.models.efficientnet_lite import EFFICIENTNET_LITE0_INPUT, create_efficientnet_lite0_pretrained
 
         body = create_efficientnet_lite0_pretrained(num_classes=0)
-        return _wrap(body, source, _spec_from_cfg(EFFICIENTNET_LITE0_INPUT, image_size))
+        return wrap_body(body, source, spec_from_cfg(EFFICIENTNET_LITE0_INPUT, image_size))
     if parsed.kind == "export":
         from fewlabel.models.export import load_backbone
 
@@ -78,10 +78,10 @@ def load_pretrained(source: str, image_size: int | None = None) -> Backbone:
         state = load_state_dict_file(parsed.weights)
         state = {k: v for k, v in state.items() if not any(k == h or k.startswith(h + ".") for h in HEAD_KEYS)}
         apply_state_dict(body, state, source=f"{parsed.weights} for {parsed.name}")
-        return _wrap(body, parsed.name, _spec_from_cfg(body.pretrained_cfg or {}, image_size))
+        return wrap_body(body, parsed.name, spec_from_cfg(body.pretrained_cfg or {}, image_size))
     try:
         body = timm.create_model(parsed.name, pretrained=True, num_classes=0)
     except Exception as exc:  # hub failures come as many exception types (network, HTTP, file not found)
         raise FewlabelError(f"cannot fetch pretrained weights for '{parsed.name}' ({exc.__class__.__name__}); "
                             f"offline, pass a local file as {parsed.name}@/path/to/weights.pth") from None
-    return _wrap(body, parsed.name, _spec_from_cfg(body.pretrained_cfg or {}, image_size))
+    return wrap_body(body, parsed.name, spec_from_cfg(body.pretrained_cfg or {}, image_size))
