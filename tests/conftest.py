@@ -45,3 +45,18 @@ def fake_fashion_mnist(tmp_path: Path) -> Path:
     root = tmp_path / "data"
     write_fake_fashion_mnist(root / "fashion-mnist")
     return root
+
+
+def save_tiny_bert(folder: Path, texts: list[str], masked_lm: bool = False) -> Path:
+    """A 2-layer, 32-wide BERT with a WordPiece tokenizer trained on ``texts``, saved as a Hugging Face folder
+    (``masked_lm``: with its masked-LM head, for continued pretraining)."""
+    from transformers import BertConfig, BertForMaskedLM, BertModel
+
+    from fewlabel.models.text import train_wordpiece_tokenizer
+
+    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=200, min_frequency=1)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    (BertForMaskedLM if masked_lm else BertModel)(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_bert
 from PIL import Image
 
 from fewlabel.cli import main
@@ -239,10 +240,8 @@ def reviews(env: Path) -> Path:
 
 
 def test_text_runs_predict_and_export(env: Path, reviews: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from transformers import BertConfig, BertModel
 
     from fewlabel.data.text import load_text_table
-    from fewlabel.models.text import train_wordpiece_tokenizer
 
     # BiLSTM from scratch: the run's test rows, written to a new table, give the run's test accuracy.
     run = env / "text-run"
@@ -263,11 +262,7 @@ def test_text_runs_predict_and_export(env: Path, reviews: Path, capsys: pytest.C
     assert code == 0 and "onnxruntime matches" in out and (run / "onnx" / "tokenizer" / "tokenizer.json").is_file()
 
     # A fine-tuned encoder (feature-extract): its tokenizer is the encoder's; a .txt file is one text per line.
-    encoder = env / "tiny-bert"
-    tokenizer = train_wordpiece_tokenizer(POSITIVE + NEGATIVE, vocab_size=200, min_frequency=1)
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(encoder)
-    tokenizer.save_pretrained(encoder)
+    encoder = save_tiny_bert(env / "tiny-bert", POSITIVE + NEGATIVE)
     tuned = env / "text-finetune"
     assert main(["-q", "finetune", "--backbone", str(encoder), "--data", str(reviews), "--labels", "0.5",
                  "--out", str(tuned)]) == 0

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_bert
 from safetensors.torch import load_file
 
 from fewlabel.cli import main
@@ -131,15 +132,7 @@ def test_text_pretraining_and_resuming_are_reproducible(reviews_csv: Path, tmp_p
 
 
 def test_continued_pretraining_of_a_model_folder_resumes(reviews_csv: Path, tmp_path: Path) -> None:
-    from transformers import BertConfig, BertForMaskedLM
-
-    from fewlabel.models.text import train_wordpiece_tokenizer
-
-    folder = tmp_path / "tiny-bert"
-    tokenizer = train_wordpiece_tokenizer(POSITIVE + NEGATIVE, vocab_size=200, min_frequency=1)
-    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = save_tiny_bert(tmp_path / "tiny-bert", POSITIVE + NEGATIVE, masked_lm=True)
     run = tmp_path / "dapt"
     assert main(["-q", "pretrain", "--method", "mlm", "--backbone", str(folder), "--data", str(reviews_csv),
                  "--epochs", "1", "--batch-size", "16", "--out", str(run)]) == 0
