@@ -20,7 +20,7 @@ from _cells import CellStore
 
 from fewlabel.data import LabelRequest, load_dataset, make_split
 from fewlabel.evaluate.probes import fit_linear_probe
-from fewlabel.models.text import load_text_backbone, masked_mean
+from fewlabel.models.text_encoder import load_text_backbone, masked_mean
 
 FEATURES = {"last": [6], "last4-concat": [3, 4, 5, 6], "mean-of-6": "mean", **{f"layer{i}": [i] for i in range(1, 6)}}
 

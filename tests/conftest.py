@@ -52,7 +52,7 @@ def save_tiny_bert(folder: Path, texts: list[str], masked_lm: bool = False) -> P
     (``masked_lm``: with its masked-LM head, for continued pretraining)."""
     from transformers import BertConfig, BertForMaskedLM, BertModel
 
-    from fewlabel.models.text import train_wordpiece_tokenizer
+    from fewlabel.models.tokenizers import train_wordpiece_tokenizer
 
     tokenizer = train_wordpiece_tokenizer(texts, vocab_size=200, min_frequency=1)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

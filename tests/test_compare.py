@@ -164,10 +164,10 @@ def test_compare_on_an_unseen_npz_dataset(tmp_path: Path, capsys: pytest.Capture
 
 
 def test_text_grid_uses_text_variants() -> None:
-    from fewlabel.compare.grid import DEFAULT_BACKBONES
+    from fewlabel.modalities import get_modality
 
     jobs = build_grid("rotten-tomatoes", ["0.1"], 1, ["supervised", "transfer", "selfsupervised"],
-                      BUDGETS["medium"], list(DEFAULT_BACKBONES["text"]), modality="text")
+                      BUDGETS["medium"], [get_modality("text").default_backbones["transfer"]], modality="text")
     variants = {(j.approach, j.variant) for j in jobs}
     assert ("supervised", "none") in variants and ("supervised", "eda") in variants
     assert ("pretrain", "mlm") in variants and ("transfer", "finetune@minilm") in variants
@@ -192,3 +192,18 @@ def test_time_cap_notes_name_runs_cut_short() -> None:
         "what it reaches with the planned budget.",
         "The time cap stopped supervised: standard at 1.0 labels after 4/10 epochs (one per seed); its accuracy "
         "understates what it reaches with the planned budget."]
+
+
+def test_stored_benchmark_grid_keeps_its_job_keys() -> None:
+    """A rerun of the committed Fashion-MNIST comparison reuses every stored result: its grid, rebuilt from its
+    compare.yaml by today's code, has exactly the job keys it was run with."""
+    import yaml
+
+    from fewlabel.modalities import get_modality
+
+    recorded = yaml.safe_load((Path(__file__).parents[1] / "benchmarks/reports/fashion-mnist/compare.yaml")
+                              .read_text(encoding="utf-8"))
+    backbones = list(recorded["backbones"]) or [get_modality("image").default_backbones["transfer"]]
+    jobs = build_grid(recorded["data"], list(recorded["labels"]), recorded["seeds"], list(recorded["approaches"]),
+                      BUDGETS[recorded["budget"]], backbones, recorded["data_dir"], modality="image")
+    assert [job.key() for job in jobs] == recorded["job_keys"]

@@ -8,15 +8,9 @@ import torch
 from transformers import BartConfig, BartModel, BertConfig, BertModel
 
 from fewlabel.errors import FewlabelError
-from fewlabel.models.text import (
-    RNNTextClassifier,
-    TextClassifier,
-    TextCollator,
-    TextEncoderBackbone,
-    frozen_feature_pooling,
-    load_text_backbone,
-    train_wordpiece_tokenizer,
-)
+from fewlabel.models.rnn import RNNTextClassifier
+from fewlabel.models.text_encoder import TextClassifier, TextEncoderBackbone, frozen_feature_pooling, load_text_backbone
+from fewlabel.models.tokenizers import TextCollator, train_wordpiece_tokenizer
 from fewlabel.transfer.strategies import apply_strategy
 
 SENTENCES = [
@@ -63,7 +57,7 @@ def test_tokenizer_training_is_deterministic() -> None:
     first = train_wordpiece_tokenizer(texts, vocab_size=120, min_frequency=1)
     for _ in range(5):
         assert train_wordpiece_tokenizer(texts, vocab_size=120, min_frequency=1).get_vocab() == first.get_vocab()
-    code = ("import json, sys; from fewlabel.models.text import train_wordpiece_tokenizer as t; "
+    code = ("import json, sys; from fewlabel.models.tokenizers import train_wordpiece_tokenizer as t; "
             "print(json.dumps(t(json.loads(sys.argv[1]), vocab_size=120, min_frequency=1).get_vocab()))")
     other = subprocess.run([sys.executable, "-c", code, json.dumps(texts)], capture_output=True, text=True, check=True)
     assert json.loads(other.stdout) == first.get_vocab()

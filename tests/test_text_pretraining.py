@@ -13,7 +13,8 @@ from fewlabel.methods.text_pretraining import (
     causal_lm_labels,
     mask_tokens,
 )
-from fewlabel.models.text import TextEncoderBackbone, train_wordpiece_tokenizer
+from fewlabel.models.text_encoder import TextEncoderBackbone
+from fewlabel.models.tokenizers import train_wordpiece_tokenizer
 
 CORPUS = [
     "the film is a quiet delight with a warm heart",

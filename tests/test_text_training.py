@@ -11,7 +11,7 @@ import pytest
 from transformers import BertConfig, BertModel
 
 from fewlabel.cli import main
-from fewlabel.models.text import train_wordpiece_tokenizer
+from fewlabel.models.tokenizers import train_wordpiece_tokenizer
 
 POSITIVE = ["a wonderful heartfelt film", "great acting and a lovely story", "brilliant funny and warm",
             "a joy to watch", "superb and moving", "delightful clever fun"]
@@ -118,7 +118,7 @@ def test_text_pretraining_exports_a_model_finetune_accepts(method: str, reviews_
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors import safe_open
 
-    from fewlabel.models.text import load_text_backbone
+    from fewlabel.models.text_encoder import load_text_backbone
 
     pre = tmp_path / method
     tiny = ["--option", "hidden_size=32", "--option", "num_layers=2", "--option", "num_heads=2",
@@ -170,7 +170,8 @@ def test_compare_runs_end_to_end_on_text(reviews_csv: Path, tiny_encoder: Path, 
 
 
 def test_texts_longer_than_the_position_table_are_truncated_to_it(tiny_encoder: Path) -> None:
-    from fewlabel.models.text import TextCollator, load_text_backbone
+    from fewlabel.models.text_encoder import load_text_backbone
+    from fewlabel.models.tokenizers import TextCollator
 
     backbone, tokenizer = load_text_backbone(tiny_encoder)  # 64 position embeddings, asked for 128 tokens
     assert backbone.input_spec.max_length == 64

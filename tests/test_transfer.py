@@ -12,13 +12,15 @@ import torch
 from safetensors.torch import load_file
 from scipy.stats import multivariate_normal
 
-from fewlabel.approaches.transfer import STRATEGY_OPTIM, _train_linear_head, prepare_backbone
+from fewlabel.approaches.transfer import STRATEGY_OPTIM
 from fewlabel.cli import main
 from fewlabel.data import load_dataset
 from fewlabel.data.splits import LabelSplit
 from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.features import extract_features
+from fewlabel.evaluate.frozen import train_linear_head
 from fewlabel.evaluate.probes import PROBE_C_GRID
+from fewlabel.modalities.image import prepare_backbone
 from fewlabel.models import BackboneSpec, Classifier, create_backbone
 from fewlabel.models.export import save_backbone
 from fewlabel.models.pretrained import load_pretrained
@@ -253,7 +255,7 @@ def test_linear_head_folding_keeps_constant_features_harmless() -> None:
     x_train[:, 2] = x_val[:, 2] = 7.0
     y_train, y_val = (x_train[:, 0] > 0).long().numpy(), (x_val[:, 0] > 0).long().numpy()
     head = torch.nn.Linear(5, 2)
-    _train_linear_head(head, x_train, y_train, x_val, y_val, STRATEGY_OPTIM["feature-extract"], seed=0, epochs=30)
+    train_linear_head(head, x_train, y_train, x_val, y_val, STRATEGY_OPTIM["feature-extract"], seed=0, epochs=30)
     # Clamping std at 1e-6 instead gave that column weights of ~1e5 and logits that cancel in float32.
     assert head.weight.abs().max() < 100.0
 

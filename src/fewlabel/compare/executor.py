@@ -79,29 +79,24 @@ def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
         metrics = finetune(TransferConfig(backbone=backbone, strategy=strategy, data=job.data, data_dir=s["data_dir"],
                                           labels=job.labels, seed=job.seed, budget=budget, out=out)).metrics
     elif job.approach == "pretrain":
-        text = s.get("modality") == "text"
-        config = PretrainConfig(method=job.variant, data=job.data, data_dir=s["data_dir"],
-                                width=None if text else s["width"], seed=job.seed, epochs=s["epochs"],
+        config = PretrainConfig(method=job.variant, data=job.data, data_dir=s["data_dir"], width=s["width"],
+                                seed=job.seed, epochs=s["epochs"],
                                 budget=Budget(progress=False, max_minutes=s.get("max_minutes")), out=out)
         metrics = pretrain(config).metrics
         metrics["test_accuracy"] = None
     elif job.approach == "probe":
+        # Every modality's pretraining run folder is a backbone source: frozen probes through evaluate (the one
+        # frozen-feature path), fine-tuning through transfer; both on the pretraining run's split.
         pre_dir = str(store.runs / job.depends_on)
         protocol = s["protocol"]
-        if s.get("modality") == "text":  # text exports are model folders: probe them as transfer backbones
-            strategy = "finetune" if protocol == "finetune" else "feature-extract"
-            budget = replace(TRANSFER_BUDGET, epochs=s["epochs"], progress=False)
-            metrics = finetune(TransferConfig(backbone=f"{pre_dir}/export", strategy=strategy, data=job.data,
-                                              data_dir=s["data_dir"], labels=job.labels, seed=job.seed,
-                                              split=pre_dir, budget=budget, out=out)).metrics
-        elif protocol == "finetune":
+        if protocol == "finetune":
             budget = replace(TRANSFER_BUDGET, epochs=s["epochs"], progress=False)
             metrics = finetune(TransferConfig(backbone=pre_dir, strategy="finetune", data=job.data,
                                               data_dir=s["data_dir"], labels=job.labels, seed=job.seed,
                                               split=pre_dir, budget=budget, out=out)).metrics
         else:
             metrics = evaluate_backbone(EvaluateConfig(backbone=pre_dir, protocol=protocol, labels=job.labels,
-                                                       data=job.data, data_dir=s["data_dir"]))
+                                                       data=job.data, data_dir=s["data_dir"], out=out))
     else:
         raise ValueError(f"unknown job approach {job.approach}")
     seconds = time.perf_counter() - started

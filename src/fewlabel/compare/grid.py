@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fewlabel.errors import FewlabelError
+from fewlabel.modalities import get_modality
 from fewlabel.names import APPROACHES
 
 
@@ -65,41 +66,18 @@ class Job:
         return f"{names.get(self.approach, self.approach)}: {self.variant}"
 
 
-# The same budget for text: augmentation policies, pretrained encoders and pretext tasks of that modality.
-TEXT_POLICIES = {"standard": "none", "randaugment": "eda", "mixup": "deletion"}
-TEXT_PRETEXT = ("mlm",)  # the text pretext task compare runs
-DEFAULT_BACKBONES = {"image": ("efficientnet_lite0",), "text": ("minilm",)}
-
-
-def for_modality(budget: BudgetPreset, modality: str) -> BudgetPreset:
-    """The preset's variants translated to ``modality`` (image presets are written for images)."""
-    if modality != "text":
-        return budget
-    from dataclasses import replace
-
-    return replace(budget, policies=tuple(TEXT_POLICIES[p] for p in budget.policies), methods=TEXT_PRETEXT,
-                   strategies=tuple(s for s in budget.strategies if s != "partial") or ("feature-extract",))
-
-
-def _feature_extract_settings(modality: str) -> dict[str, str]:
-    """How feature-extract turns a frozen backbone into a classifier (part of the job key): logistic regression
-    with C by cross-validation, on text the ``auto`` pooling."""
-    return {"head": "logreg-cv", **({"text_pooling": "auto"} if modality == "text" else {})}
-
-
-def _linear_probe_settings(modality: str) -> dict[str, str]:
-    """What a linear probe job's result depends on beyond its data (text probes go through feature-extract)."""
-    return {"probe_c": "cross-validated", **(_feature_extract_settings(modality) if modality == "text" else {})}
-
-
 def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], budget: BudgetPreset,
                backbones: list[str], data_dir: str | None = None, modality: str = "image") -> list[Job]:
+    """Every job of the grid, dependencies first. ``modality`` (the data's) translates the preset's variants and
+    says what frozen-feature jobs depend on; both are part of the job keys."""
     unknown = sorted(set(approaches) - set(APPROACHES))
     if unknown:
         raise FewlabelError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
     if seeds < 1:
         raise FewlabelError(f"--seeds {seeds}: need at least one seed")
-    budget = for_modality(budget, modality)
+    kind = get_modality(modality)
+    budget = kind.compare_budget(budget)
+    feature_extract = {"head": "logreg-cv", **kind.feature_probe_settings}  # how a frozen backbone is probed
     common = {"data_dir": data_dir, "budget": budget.name, "modality": modality}
     jobs: list[Job] = []
     for seed in range(seeds):
@@ -113,7 +91,7 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
                     for probe in budget.probes:
                         jobs.append(Job("probe", f"{method}+{probe}", data, fraction, seed,
                                         {**common, "protocol": probe, "epochs": budget.transfer_epochs,
-                                         **(_linear_probe_settings(modality) if probe == "linear" else {})},
+                                         **(kind.linear_probe_settings() if probe == "linear" else {})},
                                         depends_on=pre.key()))
         for fraction in labels:
             if "supervised" in approaches:
@@ -124,7 +102,7 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
             if "transfer" in approaches:
                 for backbone in backbones:
                     for strategy in budget.strategies:
-                        head = _feature_extract_settings(modality) if strategy == "feature-extract" else {}
+                        head = feature_extract if strategy == "feature-extract" else {}
                         jobs.append(Job("transfer", f"{strategy}@{backbone}", data, fraction, seed,
                                         {**common, "epochs": budget.transfer_epochs,
                                          "max_minutes": budget.max_minutes, **head}))

@@ -10,12 +10,13 @@ from typing import Any
 import yaml
 
 from fewlabel.compare.executor import ResultStore, execute
-from fewlabel.compare.grid import APPROACHES, BUDGETS, DEFAULT_BACKBONES, build_grid, for_modality
+from fewlabel.compare.grid import APPROACHES, BUDGETS, build_grid
 from fewlabel.compare.report import write_report
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest
 from fewlabel.engine.run import LOGGER_NAME, RunFolder, atomic_write, is_rank_zero, launch_rank, launch_world_size
 from fewlabel.errors import FewlabelError
+from fewlabel.modalities import modality_of
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -40,7 +41,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     requests = [LabelRequest.parse(f) for f in config.labels]
     dataset = load_dataset(config.data, config.data_dir)  # fail fast, before any job starts
     budget = BUDGETS[config.budget]
-    backbones = list(config.backbones) or list(DEFAULT_BACKBONES[dataset.modality])
+    modality = modality_of(dataset)
+    backbones = list(config.backbones) or [modality.default_backbones["transfer"]]
     jobs = build_grid(config.data, [str(r) for r in requests], config.seeds, list(config.approaches), budget,
                       backbones, config.data_dir, modality=dataset.modality)
     out = Path(config.out)
@@ -64,7 +66,7 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         ran, skipped = execute(jobs, store, limit=config.max_jobs)
         results, notes = _grid_results(store, set(keys))
         html = write_report(results, out, f"fewlabel compare: {dataset.name}",
-                            setup=_setup(config, dataset, for_modality(budget, dataset.modality), backbones),
+                            setup=_setup(config, dataset, modality.compare_budget(budget), backbones),
                             extra_notes=notes)
     finally:
         run.detach_log(handler)

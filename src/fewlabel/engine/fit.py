@@ -23,6 +23,7 @@ from fewlabel.engine.classification import ClassificationModule, OptimConfig
 from fewlabel.engine.data import IndexedSamples, auto_batch_size, default_workers, make_loader
 from fewlabel.engine.run import LOGGER_NAME, RunFolder, atomic_path, atomic_write
 from fewlabel.engine.trainer import build_trainer
+from fewlabel.modalities import modality_of
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -118,13 +119,14 @@ def fit_classifier(
         train_samples = train_samples.whole_images()  # crops from the whole photo, not its centre square
     train_loader = make_loader(IndexedSamples(train_samples, train_idx, labels, policy.sample_transform),
                                batch_size, shuffle=True, workers=workers, drop_last=True, collate_fn=train_collate)
-    eval_batch = max(batch_size, 512 if dataset.modality == "image" and not decoded else 128)
+    modality = modality_of(dataset)
+    eval_batch = modality.eval_batch_size(dataset, batch_size)
     val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, labels), eval_batch, False, eval_workers,
                              collate_fn=eval_collate)
     test_loader = make_loader(IndexedSamples(dataset.samples, test_idx, labels), eval_batch, False, eval_workers,
                               collate_fn=eval_collate)
 
-    if dataset.modality == "image":
+    if modality.channels_last:  # convolutions: channels-last kernels are faster on CPUs and GPUs
         model = model.to(memory_format=torch.channels_last)
     model.train()  # Hugging Face's from_pretrained returns eval mode (dropout off); Lightning keeps modes as found
     module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
@@ -167,7 +169,7 @@ def fit_classifier(
         **(extra_metrics or {}),
     }
     if trainer.is_global_zero:
-        save_classifier(run, module.model, dataset.classes, model_meta)
+        save_classifier(run, module.model, dataset.classes, {"modality": dataset.modality, **(model_meta or {})})
         run.write_metrics(metrics)
     return metrics
 

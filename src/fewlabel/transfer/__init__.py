@@ -1,6 +1,6 @@
 """Transfer learning: strategies (parameter freezing and groups), cached features, LogME transferability."""
 
-from fewlabel.transfer.features import cached_features
+from fewlabel.evaluate.feature_cache import cached_features
 from fewlabel.transfer.logme import logme_score
 from fewlabel.transfer.strategies import STRATEGIES, TransferPlan, apply_strategy
 

@@ -1,15 +1,15 @@
-"""Text models: a Hugging Face encoder as a fewlabel :class:`Backbone`, a from-scratch RNN baseline, a WordPiece
-tokenizer trainer and the collate function that turns texts into model batches.
+"""A Hugging Face text encoder as a fewlabel :class:`Backbone` (pooling, stages, input spec), the classifier
+around it, and ``load_text_backbone`` (MiniLM offline, a local folder, a fewlabel text export, a hub name).
 
-Every text model takes the same batch, ``{"input_ids": (N, T) long, "attention_mask": (N, T) long}`` (plus
-``"labels"`` from :class:`TextCollator` when items carry labels), so approaches can swap models freely.
+Every text model takes the same batch, ``{"input_ids": (N, T) long, "attention_mask": (N, T) long}`` (made by
+:class:`fewlabel.models.tokenizers.TextCollator`), so approaches can swap models freely.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,13 +21,12 @@ from fewlabel.errors import FewlabelError
 from fewlabel.models.backbones import Backbone
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 Batch = Mapping[str, torch.Tensor]
 POOLINGS = ("mean", "cls", "last", "pooler", "mean-last4")
 CONCAT_LAYERS = 4  # mean-last4: BERT's feature-based recipe concatenates the last four layers
 MINILM_NAMES = {"all-minilm-l6-v2", "minilm", "sentence-transformers/all-minilm-l6-v2"}
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 
 @dataclass(frozen=True)
@@ -252,6 +251,8 @@ def load_text_backbone(source: str | os.PathLike, max_length: int = 128,
     if key.lower() in MINILM_NAMES:
         where, name = str(_minilm_folder()), "all-MiniLM-L6-v2"
     elif path.exists():
+        if not (path / "config.json").is_file() and (path / "export" / "config.json").is_file():
+            path = path / "export"  # a `fewlabel pretrain` run folder: its exported model
         if not (path / "config.json").is_file():
             raise FewlabelError(f"{path} is not a Hugging Face model folder (no config.json)")
         where, name = str(path), path.name
@@ -274,137 +275,3 @@ def load_text_backbone(source: str | os.PathLike, max_length: int = 128,
     return TextEncoderBackbone(model, where, max_length=max_length, pooling=pooling, name=name), tokenizer
 
 
-class RNNTextClassifier(nn.Module):
-    """A from-scratch BiLSTM/GRU classifier: the no-pretraining baseline for text.
-
-    Padding is handled either by packing (the RNN never reads padding; ``packed=True``) or by mask-aware
-    pooling over padded outputs; pooling is ``mean``, ``max`` or ``last`` (final hidden state per direction).
-    """
-
-    def __init__(self, vocab_size: int, num_classes: int, embedding_dim: int = 128, hidden_size: int = 128,
-                 num_layers: int = 1, bidirectional: bool = True, dropout: float = 0.1, cell: str = "lstm",
-                 pooling: str = "mean", packed: bool = True, padding_idx: int = 0):
-        super().__init__()
-        cells = {"lstm": nn.LSTM, "gru": nn.GRU}
-        if cell not in cells:
-            raise FewlabelError(f"unknown RNN cell '{cell}'; choose lstm or gru")
-        if pooling not in ("mean", "max", "last"):
-            raise FewlabelError(f"unknown RNN pooling '{pooling}'; choose mean, max or last")
-        if pooling == "last" and not packed:
-            # Unpacked, the final states have read the padding (the backward direction reads it first).
-            raise FewlabelError("RNN pooling 'last' needs packed=True; use mean or max pooling with packed=False")
-        self.embedding = nn.Embedding(vocab_size, embedding_dim, padding_idx=padding_idx)
-        self.rnn = cells[cell](embedding_dim, hidden_size, num_layers=num_layers, batch_first=True,
-                               bidirectional=bidirectional, dropout=dropout if num_layers > 1 else 0.0)
-        self.dropout = nn.Dropout(dropout)
-        self.pooling = pooling
-        self.packed = packed
-        self.embed_dim = hidden_size * (2 if bidirectional else 1)
-        self.head = nn.Linear(self.embed_dim, num_classes)
-
-    def features(self, batch: Batch) -> torch.Tensor:
-        input_ids = batch["input_ids"]
-        mask = batch.get("attention_mask")
-        if mask is None:
-            mask = torch.ones_like(input_ids)
-        lengths = mask.sum(dim=1).clamp(min=1)
-        embedded = self.dropout(self.embedding(input_ids))
-        if self.packed:
-            packed = nn.utils.rnn.pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
-                                                       enforce_sorted=False)
-            packed_out, state = self.rnn(packed)
-            outputs, _ = nn.utils.rnn.pad_packed_sequence(packed_out, batch_first=True,
-                                                          total_length=input_ids.shape[1])
-        else:
-            outputs, state = self.rnn(embedded)
-        if self.pooling == "last":
-            hidden = state[0] if isinstance(state, tuple) else state  # LSTM returns (h, c)
-            directions = 2 if self.rnn.bidirectional else 1
-            return torch.cat(list(hidden[-directions:]), dim=-1)
-        if self.pooling == "max":
-            return outputs.masked_fill(~mask.bool().unsqueeze(-1), float("-inf")).amax(dim=1)
-        return masked_mean(outputs, mask)
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.head(self.dropout(self.features(batch)))
-
-
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
-                              lowercase: bool = True, model_max_length: int = 512) -> PreTrainedTokenizerFast:
-    """A BERT-style WordPiece tokenizer trained on ``texts`` (for from-scratch models and in-domain pretraining).
-
-    Special tokens get fixed ids: ``[PAD]`` 0, ``[UNK]`` 1, ``[CLS]`` 2, ``[SEP]`` 3, ``[MASK]`` 4.
-
-    The same texts always give the same vocabulary. The ``tokenizers`` trainer on its own does not guarantee
-    that (huggingface/tokenizers#1794): it numbers the continuing-subword characters (``##e``...) in hash-map
-    order, and those numbers break ties between equally frequent merges. Here they are created up front, sorted,
-    as tokens of the trainer, then the trained vocabulary becomes an ordinary WordPiece model.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    corpus = [t for t in texts if t and t.strip()]
-    if not corpus:
-        raise FewlabelError("cannot train a tokenizer on no text; pass at least one non-empty text")
-    if vocab_size <= len(SPECIAL_TOKENS):
-        raise FewlabelError(f"tokenizer vocab_size {vocab_size} must exceed the {len(SPECIAL_TOKENS)} special tokens")
-    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
-                                            lowercase=lowercase)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    inner = sorted({c for text in corpus for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
-                    for c in word[1:]})
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=[*SPECIAL_TOKENS, *(f"##{c}" for c in inner)],
-                                        continuing_subword_prefix="##", show_progress=False)
-    training = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
-    training.normalizer = normalizer
-    training.pre_tokenizer = pre_tokenizer
-    training.train_from_iterator(corpus, trainer=trainer)
-    # The trained vocabulary, with only the real special tokens marked special.
-    tokenizer = Tokenizer(models.WordPiece(vocab=training.get_vocab(), unk_token="[UNK]",
-                                           continuing_subword_prefix="##"))
-    tokenizer.normalizer = normalizer
-    tokenizer.pre_tokenizer = pre_tokenizer
-    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=model_max_length,
-    )
-
-
-class TextCollator:
-    """``collate_fn`` for texts: pads to the longest text in the batch (at most ``max_length`` tokens).
-
-    Items are ``str`` or ``(text, label)``; the batch is ``{"input_ids", "attention_mask"}`` plus a long
-    ``"labels"`` tensor when items carry labels. ``augment`` (a text policy) is applied to each text first.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int = 128,
-                 augment: Callable[[str], str] | None = None):
-        if max_length < 2:
-            raise FewlabelError(f"max_length {max_length} is too short; it must fit at least [CLS] and [SEP]")
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.augment = augment
-
-    def __call__(self, items: Sequence[Any]) -> dict[str, torch.Tensor]:
-        if not items:
-            raise ValueError("TextCollator got an empty batch")
-        labelled = not isinstance(items[0], str)
-        if any(isinstance(item, str) == labelled for item in items):
-            raise ValueError("TextCollator items must all be texts or all be (text, label) pairs")
-        texts = [item[0] for item in items] if labelled else list(items)
-        if self.augment is not None:
-            texts = [self.augment(t) for t in texts]
-        encoded = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt", return_token_type_ids=False)
-        batch = {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
-        if labelled:
-            batch["labels"] = torch.as_tensor([int(item[1]) for item in items], dtype=torch.long)
-        return batch

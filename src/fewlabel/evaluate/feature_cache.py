@@ -20,7 +20,6 @@ import torch
 from fewlabel.data.dataset import Dataset
 from fewlabel.data.resolve import cache_dir
 from fewlabel.engine.run import LOGGER_NAME
-from fewlabel.evaluate.features import extract_features
 from fewlabel.models.backbones import Backbone
 
 log = logging.getLogger(LOGGER_NAME)
@@ -106,11 +105,10 @@ def _store(place: Path, rows: int, missing: np.ndarray, computed: np.ndarray) ->
 
 
 def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, folder: Path | None = None,
-                    batch_size: int = 256,
                     extractor: Callable[[np.ndarray], torch.Tensor] | None = None,
                     device: str | torch.device | None = None) -> tuple[torch.Tensor, bool]:
-    """(features of ``indices``, whether all came from the cache). ``extractor`` computes features of indices
-    for non-image data (e.g. text through its tokenizer); images use :func:`extract_features` on ``device``."""
+    """(features of ``indices``, whether all came from the cache). ``extractor`` computes the missing rows
+    (a modality's ``feature_extractor``); without one, the dataset's modality builds it for ``backbone``."""
     place = (folder or cache_dir() / "features") / feature_key(backbone, dataset)
     rows = len(dataset.samples)
     indices = np.asarray(indices, dtype=np.int64)
@@ -125,11 +123,12 @@ def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, f
     missing = np.unique(indices[~done[indices]])
     if len(missing) == 0:  # the mask vouches for rows the table could not give back: compute them again
         missing = np.unique(indices)
-    if extractor is not None:
-        computed = extractor(missing)
-    else:
-        computed = extract_features(backbone, dataset.samples, missing, batch_size=batch_size, device=device)
+    if extractor is None:  # the dataset's modality says how (images: batched forward passes on ``device``)
+        from fewlabel.modalities import LoadedBackbone, modality_of
+
+        extractor = modality_of(dataset).feature_extractor(LoadedBackbone(backbone, dataset, ""), device)
+    computed = extractor(missing)
     table, done = _store(place, rows, missing, computed.detach().cpu().float().numpy())
     if not done[indices].all():  # the table was rebuilt meanwhile: compute what it lost
-        return cached_features(backbone, dataset, indices, folder, batch_size, extractor, device)[0], False
+        return cached_features(backbone, dataset, indices, folder, extractor, device)[0], False
     return torch.from_numpy(np.array(table[indices])), False

@@ -1,0 +1,126 @@
+"""The one frozen-feature path: cached features of a frozen backbone, one probe on them, a classifier to save.
+
+``finetune --strategy feature-extract``, ``evaluate --protocol linear|knn``, ``rank-backbones`` and compare's
+probes all come through here, for every modality (the modality only says how to compute a sample's features).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+
+from fewlabel.evaluate.feature_cache import cached_features
+from fewlabel.evaluate.probes import accuracy, fit_linear_probe, probe_as_linear
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from fewlabel.data.splits import LabelRequest, LabelSplit
+    from fewlabel.engine.classification import OptimConfig
+    from fewlabel.modalities.base import LoadedBackbone
+
+HEADS = ("logreg", "linear")
+
+
+def frozen_features(loaded: LoadedBackbone, indices: np.ndarray,
+                    device: torch.device | None = None) -> tuple[torch.Tensor, bool]:
+    """(features of ``indices``, whether all came from the cache) for a loaded backbone and its data."""
+    from fewlabel.modalities import modality_of
+
+    extractor = modality_of(loaded.dataset).feature_extractor(loaded, device)
+    return cached_features(loaded.backbone, loaded.dataset, indices, extractor=extractor, device=device)
+
+
+def fit_frozen_classifier(model: nn.Module, loaded: LoadedBackbone, split: LabelSplit, request: LabelRequest, *,
+                          head: str = "logreg", seed: int = 0, probe_c: float | None = None,
+                          optim: OptimConfig | None = None, full_validation: bool = False,
+                          device: torch.device | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+    """Fit ``model.head`` on the frozen features of ``model.backbone`` (``loaded.backbone``); returns the metrics
+    and the test features (for representation health).
+
+    ``logreg``: logistic regression (``C`` = ``probe_c``, or chosen by cross-validation on the labelled set),
+    copied into the head; ``linear``: AdamW on the head, keeping the best validation epoch. Either way the head
+    ends up acting on raw backbone features, so the classifier can be saved and used as is.
+    """
+    dataset = loaded.dataset
+    labels = dataset.labels
+    train_idx = split.labelled(request, labels)
+    val_idx = split.validation(None if full_validation else request, labels)
+    started = time.perf_counter()
+    cache_hits = 0
+    feats = {}
+    for part, idx in (("train", train_idx), ("val", val_idx), ("test", split.test)):
+        feats[part], hit = frozen_features(loaded, idx, device)
+        cache_hits += int(hit)
+    feature_seconds = time.perf_counter() - started
+    fit_started = time.perf_counter()
+    y_train, y_val, y_test = labels[train_idx], labels[val_idx], labels[split.test]
+    record: dict[str, Any] = {"head": head}
+    if head == "logreg":
+        probe = fit_linear_probe(feats["train"].numpy(), y_train, seed=seed, c=probe_c)
+        weight, bias = probe_as_linear(probe, dataset.num_classes)
+        with torch.no_grad():
+            model.head.weight.copy_(weight)
+            model.head.bias.copy_(bias)
+        record["probe_c"] = float(probe[-1].C)
+        if probe_c is not None:
+            record["probe_c_chosen"] = False
+    else:
+        assert optim is not None, "the linear head trains with an optimiser config"
+        train_linear_head(model.head, feats["train"], y_train, feats["val"], y_val, optim, seed)
+    with torch.no_grad():
+        predictions = model.head(feats["test"]).argmax(dim=1).numpy()
+        val_accuracy = accuracy(model.head(feats["val"]).argmax(dim=1).numpy(), y_val)
+    fit_seconds = time.perf_counter() - fit_started
+    per_class = [accuracy(predictions[y_test == c], y_test[y_test == c]) for c in range(dataset.num_classes)]
+    from fewlabel.engine.fit import count_parameters
+
+    metrics = {
+        "test_accuracy": accuracy(predictions, y_test),
+        "macro_f1": float(f1_score(y_test, predictions, average="macro")),
+        "per_class_accuracy": dict(zip(dataset.classes, per_class, strict=True)),
+        "best_val_accuracy": val_accuracy,
+        "train_seconds": round(feature_seconds + fit_seconds, 3),
+        "feature_seconds": round(feature_seconds, 3),
+        "head_seconds": round(fit_seconds, 3),
+        "feature_cache_hits": cache_hits,
+        "samples_per_second": round((len(train_idx) + len(val_idx) + len(split.test)) / max(feature_seconds, 1e-9), 1),
+        **record,
+        "parameters": count_parameters(model),
+        "split": {"seed": split.seed, "labels": str(request), "labelled": len(train_idx),
+                  "unlabelled": len(split.unlabelled(request, labels)), "val": len(val_idx), "test": len(split.test)},
+        **({"optim": asdict(optim)} if optim is not None else {}),
+    }
+    return metrics, feats["test"]
+
+
+def train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np.ndarray, x_val: torch.Tensor,
+                      y_val: np.ndarray, optim: OptimConfig, seed: int, epochs: int = 200) -> None:
+    """Full-batch AdamW on standardised cached features; keeps the epoch with the best validation accuracy,
+    then folds the standardisation into the head so that it takes raw features."""
+    torch.manual_seed(seed)
+    mean, std = x_train.mean(dim=0), x_train.std(dim=0)
+    # As StandardScaler: a feature constant in training keeps scale 1, so folding 1/std into the head cannot blow
+    # its weight up to ~1e6 and leave float32 cancellation noise in the logits.
+    std = torch.where(std < 1e-6, torch.ones_like(std), std)
+    xt, xv = (x_train - mean) / std, (x_val - mean) / std
+    yt = torch.as_tensor(y_train)
+    opt = torch.optim.AdamW(head.parameters(), lr=optim.lr * 10, weight_decay=optim.weight_decay)
+    best_val, best_state = -1.0, None
+    for _ in range(epochs):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(head(xt), yt).backward()
+        opt.step()
+        with torch.no_grad():
+            val_acc = accuracy(head(xv).argmax(dim=1).numpy(), y_val)
+        if val_acc > best_val:
+            best_val, best_state = val_acc, {k: v.clone() for k, v in head.state_dict().items()}
+    head.load_state_dict(best_state)
+    with torch.no_grad():
+        head.weight.div_(std)
+        head.bias.sub_(head.weight @ mean)

@@ -1,0 +1,160 @@
+"""Text: Python strings, tokenised per batch. A WordPiece tokenizer trained on the pool plus a BiLSTM/BiGRU
+from scratch, Hugging Face encoders (MiniLM offline) for transfer, masked-LM / next-token pretraining, and the
+text augmentation policies (deletion, swap, synonym, EDA)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from fewlabel.errors import FewlabelError
+from fewlabel.modalities.base import ClassifierSetup, FeatureExtractor, LoadedBackbone, Modality
+from fewlabel.names import TEXT_METHODS, TEXT_POLICIES
+
+if TYPE_CHECKING:
+    from fewlabel.augment.supervised import AugmentationPolicy
+    from fewlabel.compare.grid import BudgetPreset
+    from fewlabel.data.dataset import Dataset
+    from fewlabel.data.splits import LabelSplit
+    from fewlabel.engine.run import RunFolder
+    from fewlabel.models.backbones import Backbone
+
+RNN_CELLS = {"bilstm": "lstm", "bigru": "gru"}  # from-scratch text models
+# compare's image-written presets in text: policies of the same strength, the pretext task it runs
+COMPARE_POLICIES = {"standard": "none", "randaugment": "eda", "mixup": "deletion"}
+COMPARE_PRETEXT = ("mlm",)
+FEATURE_BATCH = 128
+
+
+class TextModality(Modality):
+    name: ClassVar[str] = "text"
+    noun: ClassVar[str] = "texts"
+    policies: ClassVar[tuple[str, ...]] = TEXT_POLICIES
+    pretext_methods: ClassVar[tuple[str, ...]] = TEXT_METHODS
+    default_backbones: ClassVar[dict[str, str]] = {"supervised": "bilstm", "transfer": "minilm", "pretrain": "small"}
+    default_policy: ClassVar[str] = "none"
+    feature_probe_settings: ClassVar[dict[str, str]] = {"text_pooling": "auto"}
+    export_finetune_lr: ClassVar[float] = 3e-4  # a transformer: the transfer finetune rate
+
+    # --- supervised -------------------------------------------------------------------------------------------
+    def augmentation(self, name: str | None, dataset: Dataset, seed: int) -> AugmentationPolicy:
+        from fewlabel.augment.supervised import AugmentationPolicy
+        from fewlabel.augment.text import build_text_policy
+
+        name = name or self.default_policy
+        policy = build_text_policy(name, rng=seed)
+        return AugmentationPolicy(name, None if name == "none" else policy, None)
+
+    def supervised_setup(self, backbone: str | None, augment: str | None, width: int | None, dataset: Dataset,
+                         split: LabelSplit, seed: int) -> ClassifierSetup:
+        """A WordPiece tokenizer trained on the training pool's text (labels unused) and a BiLSTM/BiGRU."""
+        import lightning as L
+
+        from fewlabel.engine.classification import OptimConfig
+        from fewlabel.engine.data import PairCollator
+        from fewlabel.models.rnn import RNNTextClassifier
+        from fewlabel.models.tokenizers import TextCollator, train_wordpiece_tokenizer
+
+        name = self.default_backbone("supervised", backbone)
+        if name not in RNN_CELLS:
+            raise FewlabelError(f"--backbone {name!r} is not a text model; use one of {', '.join(RNN_CELLS)}")
+        policy = self.augmentation(augment, dataset, seed)
+        L.seed_everything(seed, workers=True, verbose=False)
+        tokenizer = train_wordpiece_tokenizer([dataset.samples[i] for i in split.pool], vocab_size=8000)
+        model = RNNTextClassifier(len(tokenizer), dataset.num_classes, cell=RNN_CELLS[name])
+
+        def save_tokenizer(run: RunFolder) -> None:
+            if run.primary:
+                tokenizer.save_pretrained(str(run.path / "tokenizer"))
+
+        text_policy = policy.sample_transform
+        return ClassifierSetup(
+            model=model, policy=policy, backbone=name, augment=policy.name,
+            collate=PairCollator(TextCollator(tokenizer, max_length=128)),
+            # the image default (SGD 0.05) suits convnets, not RNNs
+            optim=OptimConfig(optimizer="adamw", lr=2e-3, weight_decay=1e-4, warmup_fraction=0.05),
+            record={"augmentation": text_policy.describe() if text_policy is not None else "identity",
+                    "tokenizer": {"type": "wordpiece", "vocab_size": len(tokenizer), "trained_on": "pool text"}},
+            meta={"backbone": name, "tokenizer": "tokenizer/"}, save_files=save_tokenizer)
+
+    # --- transfer ---------------------------------------------------------------------------------------------
+    def load_backbone(self, source: str | None, dataset: Dataset, options: dict[str, Any]) -> LoadedBackbone:
+        """A Hugging Face encoder; ``text_pooling`` auto is ``mean`` when fine-tuned, and for frozen features
+        ``mean-last4`` when the model has four layers or more (see ``frozen_feature_pooling``)."""
+        from fewlabel.models.text_encoder import frozen_feature_pooling, load_text_backbone
+
+        source = self.default_backbone("transfer", source)
+        pooling = options.get("text_pooling", "auto")
+        backbone, tokenizer = load_text_backbone(source, pooling="mean" if pooling == "auto" else pooling)
+        if pooling == "auto" and options.get("frozen", False):
+            backbone = backbone.with_pooling(frozen_feature_pooling(backbone.body))
+        return self._loaded(backbone, tokenizer, dataset, source)
+
+    @staticmethod
+    def _loaded(backbone, tokenizer, dataset: Dataset, source: str) -> LoadedBackbone:
+        from fewlabel.engine.data import PairCollator
+        from fewlabel.models.tokenizers import TextCollator
+
+        encode = TextCollator(tokenizer, max_length=backbone.input_spec.max_length)
+        return LoadedBackbone(backbone, dataset, source, collate=PairCollator(encode), encode=encode)
+
+    def classifier(self, backbone: Backbone, dataset: Dataset) -> nn.Module:
+        from fewlabel.models.text_encoder import TextClassifier
+
+        return TextClassifier(backbone, dataset.num_classes)
+
+    def transfer_inputs(self, loaded: LoadedBackbone) -> dict[str, Any]:
+        return {"text_pooling": loaded.backbone.pooling}
+
+    # --- frozen features --------------------------------------------------------------------------------------
+    def feature_extractor(self, loaded: LoadedBackbone, device: torch.device | None) -> FeatureExtractor:
+        """Tokenise in batches, run the frozen encoder on ``device``, pool; the encoder goes back to the CPU
+        afterwards (the Lightning loop, or the saved model, takes it from there)."""
+        backbone, samples, encode = loaded.backbone, loaded.dataset.samples, loaded.encode
+        device = device or torch.device("cpu")
+
+        @torch.no_grad()
+        def extract(indices: np.ndarray) -> torch.Tensor:
+            was_training = backbone.training
+            backbone.eval().to(device)
+            chunks = []
+            for start in range(0, len(indices), FEATURE_BATCH):
+                batch = encode([samples[i] for i in indices[start : start + FEATURE_BATCH]])
+                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                chunks.append(backbone(batch).float().cpu())
+            backbone.train(was_training).to("cpu")
+            return torch.cat(chunks) if chunks else torch.zeros(0, backbone.embed_dim)
+
+        return extract
+
+    # --- self-supervised --------------------------------------------------------------------------------------
+    def pretrain(self, dataset: Dataset, split: LabelSplit, config: Any, resume: Any = None) -> Any:
+        from fewlabel.approaches.pretrain_text import pretrain_text
+
+        return pretrain_text(dataset, split, config, resume)
+
+    def load_export(self, path: str, dataset: Dataset, info: dict[str, Any], frozen: bool = True) -> LoadedBackbone:
+        """A text pretraining run (its ``export/``) or any Hugging Face folder, pooled for frozen features when
+        ``frozen``, else with the fine-tuning pooling."""
+        return self.load_backbone(path, dataset, {"text_pooling": "auto", "frozen": frozen})
+
+    # --- compare ----------------------------------------------------------------------------------------------
+    def compare_budget(self, budget: BudgetPreset) -> BudgetPreset:
+        """Text policies of the same strength, the masked-LM pretext task, and no ``partial`` (two layers of a
+        6-layer encoder train much like ``finetune`` at these budgets)."""
+        return replace(budget, policies=tuple(COMPARE_POLICIES[p] for p in budget.policies), methods=COMPARE_PRETEXT,
+                       strategies=tuple(s for s in budget.strategies if s != "partial") or ("feature-extract",))
+
+    def linear_probe_settings(self) -> dict[str, str]:
+        # text probes have always gone through the feature-extract path: its settings are part of their key
+        return {"probe_c": "cross-validated", "head": "logreg-cv", **self.feature_probe_settings}
+
+    # --- predict ----------------------------------------------------------------------------------------------
+    def predict_io(self) -> Any:
+        from fewlabel.modalities.text_predict import TextPredictIO
+
+        return TextPredictIO()
