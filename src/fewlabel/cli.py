@@ -269,7 +269,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                             full_validation=args.full_validation, image_size=args.image_size,
                             cache_images=args.cache_images, skip_bad=args.skip_bad, trainable=trainable,
                             layer_decay=args.layer_decay, l2sp=args.l2sp, head=args.head,
-                            text_pooling=args.text_pooling, augment=args.augment, optim=optim, budget=budget,
+                            text_pooling=args.text_pooling, audio_layer=args.audio_layer, augment=args.augment,
+                            optim=optim, budget=budget,
                             out=args.out, runs_dir=args.runs_dir)
     result = finetune(config)
     m = result.metrics
@@ -325,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     from fewlabel import __version__
     from fewlabel.names import (
         APPROACHES,
+        AUDIO_METHODS,
+        AUDIO_POLICIES,
         BUDGET_NAMES,
         IMAGE_METHODS,
         IMAGE_POLICIES,
@@ -372,9 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="supervised training from scratch with an augmentation policy")
     _add_data_flags(train)
-    train.add_argument("--augment", default=None, choices=sorted(set(POLICIES) | set(TEXT_POLICIES)),
+    train.add_argument("--augment", default=None, choices=sorted(set(POLICIES) | set(TEXT_POLICIES) |
+                                                                 set(AUDIO_POLICIES)),
                        help="augmentation policy: images " + ", ".join(POLICIES) + "; text " +
-                       ", ".join(TEXT_POLICIES) + " (default: standard for images, none for text)")
+                       ", ".join(TEXT_POLICIES) + "; audio " + ", ".join(AUDIO_POLICIES) +
+                       " (default: standard for images and audio, none for text)")
     train.add_argument("--backbone", default=None,
                        help="backbone name (see `fewlabel backbones`; default resnet_small); text: bilstm (default) "
                        "or bigru")
@@ -387,15 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     pre = sub.add_parser("pretrain", help="self-supervised pretraining on the unlabelled pool, then export")
-    pre.add_argument("--method", default="simclr", choices=[*IMAGE_METHODS, *TEXT_METHODS],
-                     help="self-supervised method: images simclr/moco/byol/dino, text mlm/clm")
+    pre.add_argument("--method", default="simclr", choices=[*IMAGE_METHODS, *TEXT_METHODS, *AUDIO_METHODS],
+                     help="self-supervised method: images simclr/moco/byol/dino, text mlm/clm, audio wav2vec2")
     pre.add_argument("--data", default="digits", help="registered dataset name or a path")
     pre.add_argument("--data-dir", default=None, help="folder holding named datasets")
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--split", default=None, help="reuse the split of an earlier run")
     pre.add_argument("--backbone", default=None,
                      help="images: a backbone name (default resnet_small); text: small (default: a new model) or "
-                     "minilm / a HF folder (continue its pretraining)")
+                     "minilm / a HF folder (continue its pretraining); audio (wav2vec2): the preset tiny (default, "
+                     "CPU-sized) or base (the paper's BASE)")
     pre.add_argument("--text-column", default=None, help="text tables: column holding the text")
     pre.add_argument("--label-column", default=None, help="text tables: column holding the label (monitor only)")
     pre.add_argument("--group-column", default=None,
@@ -432,7 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "or the means of the last four layers concatenated; auto (default): mean-last4 for "
                     "feature-extract on models with 4+ layers, mean otherwise")
     ft.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained, <= 4x data)")
-    ft.add_argument("--augment", default=None, choices=sorted(set(POLICIES) | set(TEXT_POLICIES)),
+    ft.add_argument("--audio-layer", default="last",
+                    help="audio encoders: the hidden layer pooled per clip: last, an index, or weighted (a learned "
+                    "softmax-weighted sum of all layers)")
+    ft.add_argument("--augment", default=None, choices=sorted(set(POLICIES) | set(TEXT_POLICIES) |
+                                                              set(AUDIO_POLICIES)),
                     help="augmentation for finetune/partial (default: standard for images, none for text)")
     ft.add_argument("--optimizer", default=None, help="timm optimiser name (default per strategy: adamw)")
     ft.add_argument("--lr", type=float, default=None, help="peak learning rate (default per strategy)")

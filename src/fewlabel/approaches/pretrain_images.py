@@ -25,10 +25,10 @@ from fewlabel.augment.views import (
 )
 from fewlabel.data.dataset import Dataset
 from fewlabel.data.images import at_working_size
-from fewlabel.data.splits import LabelRequest, LabelSplit
+from fewlabel.data.splits import LabelSplit
 from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.data import IndexedSamples, default_workers, make_loader
-from fewlabel.engine.pretraining import PretrainModule, RepresentationMonitor
+from fewlabel.engine.pretraining import PretrainModule, validation_monitor
 from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult
 from fewlabel.engine.trainer import build_trainer
 from fewlabel.errors import FewlabelError
@@ -115,7 +115,7 @@ def pretrain_images(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
             workers = default_workers(sample_views is not None)
         loader = make_loader(IndexedSamples(dataset.samples, pool, labels=None, transform=sample_views),
                              batch_size, shuffle=True, workers=workers, drop_last=True)
-        monitor = _monitor(dataset, split, config.monitor_per_class)
+        monitor = validation_monitor(dataset, split, config.monitor_per_class)
         module = PretrainModule(method, optim, batched_views)
         trainer = build_trainer(run, max_epochs=config.epochs, monitor=None, accelerator=config.budget.accelerator,
                                 devices=config.budget.devices, num_nodes=config.budget.num_nodes,
@@ -148,18 +148,3 @@ def pretrain_images(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
     finally:
         run.detach_log(handler)
     return RunResult(str(run.path), metrics)
-
-
-def _monitor(dataset: Dataset, split: LabelSplit, per_class: int) -> RepresentationMonitor:
-    """kNN monitor on the validation split only: half of each class as memory, the other half as queries."""
-    request = LabelRequest(per_class=2 * per_class)
-    chosen = split.validation(request, dataset.labels, min_per_class=2)
-    labels = dataset.labels[chosen]
-    memory_mask = np.zeros(len(chosen), dtype=bool)
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        memory_mask[members[: (len(members) + 1) // 2]] = True
-    return RepresentationMonitor(dataset.samples, chosen[memory_mask], labels[memory_mask], chosen[~memory_mask],
-                                 labels[~memory_mask], dataset.num_classes)
-
-

@@ -63,6 +63,7 @@ class TransferConfig:
     # text backbones: auto (mean-last4 for feature-extract when the model has 4+ layers, else mean) | mean | cls |
     # pooler | mean-last4 (see TextEncoderBackbone)
     text_pooling: str = "auto"
+    audio_layer: str = "last"  # audio encoders: last | a layer index | weighted (learned sum of all layers)
     head: str = "logreg"  # feature-extract only: logreg (C by cross-validation) | linear (AdamW, best val epoch)
     augment: str | None = None  # finetune/partial; None: the modality's default (images: standard; text: none)
     optim: OptimConfig | None = None
@@ -83,7 +84,8 @@ def finetune(config: TransferConfig) -> RunResult:
     split.check_request(request, dataset.labels)
     modality = modality_of(dataset)
     options = {"image_size": config.image_size, "cache_images": config.cache_images,
-               "text_pooling": config.text_pooling, "frozen": config.strategy == "feature-extract"}
+               "text_pooling": config.text_pooling, "audio_layer": config.audio_layer,
+               "frozen": config.strategy == "feature-extract"}
     modality.check_transfer_options(options, dataset)
     L.seed_everything(config.seed, workers=True, verbose=False)
     loaded = modality.load_backbone(config.backbone, dataset, options)
@@ -91,6 +93,9 @@ def finetune(config: TransferConfig) -> RunResult:
     model = modality.classifier(backbone, dataset)
     plan = apply_strategy(model, config.strategy, list(config.trainable), config.layer_decay, config.l2sp)
     optim = config.optim or STRATEGY_OPTIM[config.strategy]
+    # Built before the run folder: a policy that does not fit the data is an error that leaves nothing behind.
+    policy = modality.augmentation(config.augment, dataset, config.seed) if config.strategy != "feature-extract" \
+        else None
 
     name = f"finetune-{dataset.name}-{request.slug}-{config.strategy}-{backbone.name.replace('/', '_')}-s{config.seed}"
     run = RunFolder.create(config.out, name[:120], base=config.runs_dir)
@@ -122,7 +127,7 @@ def finetune(config: TransferConfig) -> RunResult:
                                 {"modality": dataset.modality, **meta, "head": config.head})
             run.write_metrics(metrics)
         else:
-            policy = modality.augmentation(config.augment, dataset, config.seed)
+            assert policy is not None
             metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run,
                                      seed=config.seed, param_groups=plan.param_groups,
                                      frozen_eval_modules=plan.frozen_eval_modules, regularizer=plan.regularizer,

@@ -42,7 +42,11 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     dataset = load_dataset(config.data, config.data_dir)  # fail fast, before any job starts
     budget = BUDGETS[config.budget]
     modality = modality_of(dataset)
-    backbones = list(config.backbones) or [modality.default_backbones["transfer"]]
+    default = modality.default_backbones.get("transfer")  # audio has none offline: transfer needs --backbones
+    backbones = list(config.backbones) or ([default] if default else [])
+    if "transfer" in config.approaches and not backbones:
+        log.warning("no pretrained %s backbone is available offline: the transfer approach is left out; pass "
+                    "--backbones (a model folder or a hub id) to include it", modality.name)
     jobs = build_grid(config.data, [str(r) for r in requests], config.seeds, list(config.approaches), budget,
                       backbones, config.data_dir, modality=dataset.modality)
     out = Path(config.out)

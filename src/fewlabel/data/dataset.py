@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-Modality = Literal["image", "text"]
+Modality = Literal["image", "text", "audio", "image-text"]
 UNLABELLED = -1
 
 
@@ -25,7 +25,11 @@ class Dataset:
     """Samples + labels (+ groups) of one modality.
 
     ``official_test`` marks samples of an upstream test set (e.g. Fashion-MNIST's 10k); when it is absent a
-    stratified test split is drawn by :func:`fewlabel.data.splits.make_split`.
+    stratified test split is drawn by :func:`fewlabel.data.splits.make_split`. ``official_val`` likewise marks an
+    upstream validation set (e.g. Speech Commands' ``validation_list.txt``), used as is instead of a drawn one.
+    Audio samples are an ``int16`` tensor ``(N, num_samples)`` at ``extra["sample_rate"]`` (see
+    :mod:`fewlabel.data.audio`). Image-text pairs (``"image-text"``) hold one image row per (image, caption) pair,
+    the captions in ``extra["captions"]`` and the image id in ``groups`` (see :mod:`fewlabel.data.pairs`).
     """
 
     name: str
@@ -38,6 +42,7 @@ class Dataset:
     official_test: np.ndarray | None = None
     flip_invariant: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    official_val: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, dtype=np.int64)
@@ -45,6 +50,8 @@ class Dataset:
             raise ValueError(f"{self.name}: {len(self)} samples but {len(self.labels)} labels")
         if self.official_test is not None:
             self.official_test = np.asarray(self.official_test, dtype=bool)
+        if self.official_val is not None:
+            self.official_val = np.asarray(self.official_val, dtype=bool)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -55,8 +62,8 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of an image dataset."""
-        if self.modality != "image":
+        """(channels, height, width) of an image (or image-text pair) dataset."""
+        if self.modality not in ("image", "image-text"):
             raise ValueError(f"{self.name} is a {self.modality} dataset, not an image dataset")
         return tuple(self.samples.shape[1:])  # type: ignore[return-value]
 
@@ -72,8 +79,8 @@ class Dataset:
         files_print = self.extra.get("fingerprint") or getattr(self.samples, "fingerprint", None)
         if isinstance(files_print, str):  # indexed files: their names, sizes and modification times
             digest.update(files_print.encode())
-        elif self.modality == "image" and isinstance(self.samples, torch.Tensor):
-            # A strided sample of pixels catches a different image set of the same labels, cheaply.
+        elif self.modality in ("image", "audio") and isinstance(self.samples, torch.Tensor):
+            # A strided sample of pixels (or audio samples) catches different data with the same labels, cheaply.
             flat = self.samples.reshape(len(self), -1)
             digest.update(flat[:: max(1, len(self) // 512), ::7].contiguous().numpy().tobytes())
         return digest.hexdigest()[:16]
@@ -92,11 +99,16 @@ class Dataset:
             "classes": self.num_classes,
             "source": self.source,
         }
-        if self.modality == "image":
+        if self.modality in ("image", "image-text"):
             info["shape"] = list(self.image_shape)
-        for key in ("working_size", "image_cache", "skipped_bad"):
+        if self.modality == "audio":
+            info["shape"] = list(self.samples.shape[1:])
+            info["noise_recordings"] = len(self.extra.get("noise") or ())
+        for key in ("working_size", "image_cache", "skipped_bad", "sample_rate", "clip_seconds", "audio_cache"):
             if self.extra.get(key) is not None:
                 info[key] = self.extra[key]
         if self.official_test is not None:
             info["official_test"] = int(self.official_test.sum())
+        if self.official_val is not None:
+            info["official_val"] = int(self.official_val.sum())
         return info

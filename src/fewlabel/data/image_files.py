@@ -382,7 +382,7 @@ def cached_store(files: ImageFiles, cache_root: str | os.PathLike, workers: int 
             pass
         log.warning("image cache %s does not fit these files; rebuilding it", path)
     cache_root.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_builds(cache_root, path.stem)
+    remove_abandoned_builds(cache_root, path.stem)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
     # The header and the file's full length come from numpy; rows are then written with positioned writes,
     # since pages written through a memory map would stay in this process's resident memory.
@@ -414,12 +414,13 @@ def cached_store(files: ImageFiles, cache_root: str | os.PathLike, workers: int 
     return ImageArrayFile(path)
 
 
-def _remove_abandoned_builds(cache_root: Path, stem: str) -> None:
-    """Delete ``<stem>.<pid>.tmp.npy`` files of builds whose process is gone (killed, out of memory): each is as
-    large as the whole cache. A build still running elsewhere is left alone."""
-    for leftover in cache_root.glob(f"{stem}.*.tmp.npy"):
+def remove_abandoned_builds(cache_root: Path, stem: str, suffix: str = "npy") -> None:
+    """Delete ``<stem>.<pid>.tmp.<suffix>`` files of builds whose process is gone (killed, out of memory): each
+    can be as large as the whole cache. A build still running elsewhere is left alone (``suffix="*"``: every
+    file a build writes)."""
+    for leftover in cache_root.glob(f"{stem}.*.tmp.{suffix}"):
         pid = leftover.name[len(stem) + 1 :].split(".", 1)[0]
-        if not pid.isdigit():
+        if not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
             os.kill(int(pid), 0)

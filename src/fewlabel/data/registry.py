@@ -10,8 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from fewlabel.data.audio import load_audio_path, register_audio_datasets
 from fewlabel.data.dataset import Dataset
 from fewlabel.data.images import load_digits_dataset, load_fashion_mnist, load_image_folder, load_npz
+from fewlabel.data.pairs import is_pair_request, load_openclipart, load_pair_table
 from fewlabel.data.text import load_text_path, register_text_datasets
 from fewlabel.errors import FewlabelError
 
@@ -38,20 +40,31 @@ def registered_datasets() -> list[DatasetEntry]:
 
 register_dataset("digits", load_digits_dataset, "8x8 handwritten digits from scikit-learn (embedded, 1,797 images)")
 register_dataset("fashion-mnist", load_fashion_mnist, "Fashion-MNIST, 28x28 grey clothing, 60k train + 10k test")
+register_dataset("openclipart", load_openclipart,
+                 "Open Clip Art drawings (CC0) with title + keyword captions: 3,562 image-text pairs, 22 categories")
 register_text_datasets(register_dataset)
+register_audio_datasets(register_dataset)
 
 
 def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None,
                  columns: dict[str, str] | None = None, skip_bad: bool = False) -> Dataset:
     """Load a registered dataset by name, or a dataset by path: an image folder (indexed, decoded on access),
     ``.npz``, a text table (``.csv``/``.tsv``/``.jsonl``, optionally compressed; ``columns`` names its
-    text/label/group columns) or a folder of ``<class>/*.txt``. ``skip_bad`` leaves unreadable images out
-    (counted in the dataset's summary) instead of stopping with an error that names the first."""
+    text/label/group columns; when it names an ``image`` column the table is read as image-text pairs, see
+    :mod:`fewlabel.data.pairs`) or a folder of ``<class>/*.txt``; audio (:mod:`fewlabel.data.audio`) is a folder of
+    ``<class>/*.wav|flac|ogg|mp3`` (Speech Commands layout included) or a table whose path column names audio
+    files. ``skip_bad`` leaves unreadable images (or clips) out (counted in the dataset's summary) instead of
+    stopping with an error that names the first."""
     key = str(name_or_path)
     if key in _REGISTRY:
         return _REGISTRY[key].loader(data_dir)
     path = Path(key).expanduser()
     if path.exists():
+        if is_pair_request(path, columns):
+            return load_pair_table(path, columns, skip_bad=skip_bad)
+        audio = load_audio_path(path, columns, skip_bad=skip_bad)
+        if audio is not None:
+            return audio
         text = load_text_path(path, columns)
         if text is not None:
             return text
@@ -61,7 +74,7 @@ def load_dataset(name_or_path: str | os.PathLike, data_dir: str | None = None,
         if path.suffix.lower() == ".npz":
             return load_npz(path)
         raise FewlabelError(f"{path}: unsupported file type '{path.suffix}'; use an image folder, .npz, .csv, "
-                            ".tsv, .jsonl or a folder of <class>/*.txt")
+                            ".tsv, .jsonl, a folder of <class>/*.txt or of <class>/*.wav (audio)")
     names = ", ".join(sorted(_REGISTRY))
     raise FewlabelError(
         f"dataset '{key}' is neither a registered name ({names}) nor an existing path; check the spelling or path"

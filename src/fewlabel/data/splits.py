@@ -217,9 +217,10 @@ def _holdout(
 
 def make_split(dataset: Dataset, seed: int = 0, test_fraction: float = 0.2, val_fraction: float = 0.1) -> LabelSplit:
     """Split ``dataset`` for ``seed``. An official test set is used as is; otherwise ``test_fraction`` is held out.
+    An official validation set (``dataset.official_val``) is likewise used as is instead of ``val_fraction``.
 
     The test split does not depend on ``seed`` (seed 0 is used for it) so results across seeds are measured on
-    the same test set; validation and the label ranking do depend on it.
+    the same test set; validation (unless official) and the label ranking do depend on it.
     """
     labels = dataset.labels
     labelled = np.flatnonzero(labels != UNLABELLED)
@@ -228,13 +229,24 @@ def make_split(dataset: Dataset, seed: int = 0, test_fraction: float = 0.2, val_
         raise FewlabelError(
             f"{dataset.name}: {len(labelled)} labelled samples for {dataset.num_classes} classes; too few to split"
         )
+    official_val = np.flatnonzero(dataset.official_val) if dataset.official_val is not None else labelled[:0]
     if dataset.official_test is not None:
         test = np.flatnonzero(dataset.official_test & (labels != UNLABELLED))
         train_candidates = np.setdiff1d(labelled, test)
         never_labelled = np.setdiff1d(never_labelled, np.flatnonzero(dataset.official_test))
+    elif dataset.official_val is not None:
+        # An official validation set is never drawn into a test split of our own.
+        train_candidates, test = _holdout(np.setdiff1d(labelled, official_val), dataset, test_fraction, seed=0)
+        train_candidates = np.union1d(train_candidates, official_val[labels[official_val] != UNLABELLED])
     else:
         train_candidates, test = _holdout(labelled, dataset, test_fraction, seed=0)
-    pool_labelled, val = _holdout(train_candidates, dataset, val_fraction, seed=seed)
+    if dataset.official_val is not None:
+        # Like the official test set, an official validation set is used as is (it does not depend on ``seed``).
+        val = np.setdiff1d(official_val[labels[official_val] != UNLABELLED], test)
+        pool_labelled = np.setdiff1d(train_candidates, val)
+        never_labelled = np.setdiff1d(never_labelled, official_val)
+    else:
+        pool_labelled, val = _holdout(train_candidates, dataset, val_fraction, seed=seed)
     if dataset.groups is not None:
         # Unlabelled samples of a test or validation group (e.g. the plot synopsis of a test movie) would leak
         # that group into pretraining: they stay out of the pool.

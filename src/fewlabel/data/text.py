@@ -221,7 +221,7 @@ def _encode_labels(
     return np.asarray(labels, dtype=np.int64), [str(k) for k in ordered], keep
 
 
-def _group_ids(values: list[str]) -> tuple[np.ndarray, list[str]]:
+def group_ids(values: Sequence[str]) -> tuple[np.ndarray, list[str]]:
     """Integer group ids (sorted names); a sample with no group gets a group of its own, never a shared one."""
     names = sorted({v for v in values if v})
     index = {name: i for i, name in enumerate(names)}
@@ -290,7 +290,7 @@ def load_text_table(
     if not texts:
         raise FewlabelError(f"{path}: no usable rows (skipped: {dict(log.counts) or 'none'}); check the {text_col} "
                             "column")
-    group_ids, group_names = _group_ids(groups) if group_col else (None, [])
+    group_index, group_names = group_ids(groups) if group_col else (None, [])
     extra: dict[str, Any] = {
         **log.record(),
         "replaced_bytes": bad_bytes,
@@ -306,7 +306,7 @@ def load_text_table(
         labels=labels,
         classes=class_names,
         source=f"text table: {path}",
-        groups=group_ids,
+        groups=group_index,
         flip_invariant=False,
         extra=extra,
     )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -18,6 +19,10 @@ from fewlabel.engine.run import LOGGER_NAME
 from fewlabel.evaluate.features import extract_features
 from fewlabel.evaluate.probes import accuracy, collapse_warning, knn_predict, representation_health
 from fewlabel.methods.base import SSLMethod
+
+if TYPE_CHECKING:
+    from fewlabel.data.dataset import Dataset
+    from fewlabel.data.splits import LabelSplit
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -41,8 +46,10 @@ class PretrainModule(L.LightningModule):
             return self.batched_views(batch)
         return batch
 
-    def training_step(self, views: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
-        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    def training_step(self, views: list[torch.Tensor] | torch.Tensor, batch_idx: int) -> torch.Tensor:
+        if isinstance(views, torch.Tensor):  # one batch of samples, no views (wav2vec 2.0 masks inside the model)
+            views = [views]
+        views = [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for v in views]
         loss, scalars = self.method.training_loss(views)
         batch = views[0].shape[0]
         self.samples_seen += batch * world_size(self)  # every rank trains on its own batch of this size
@@ -76,8 +83,13 @@ class RepresentationMonitor(Callback):
     """
 
     def __init__(self, samples: torch.Tensor, memory: np.ndarray, memory_labels: np.ndarray,
-                 queries: np.ndarray, query_labels: np.ndarray, num_classes: int, k: int = 20):
+                 queries: np.ndarray, query_labels: np.ndarray, num_classes: int, k: int = 20,
+                 features: Callable[[nn.Module, Any, np.ndarray, torch.device], torch.Tensor] | None = None):
+        """``features(backbone, samples, indices, device)`` embeds samples with the method's backbone (default:
+        image batches through :func:`extract_features`)."""
         self.samples = samples
+        self.features = features or (lambda backbone, samples, indices, device:
+                                     extract_features(backbone, samples, indices, device=device))
         self.memory, self.memory_labels = memory, torch.as_tensor(memory_labels)
         self.queries, self.query_labels = queries, np.asarray(query_labels)
         self.num_classes = num_classes
@@ -92,8 +104,8 @@ class RepresentationMonitor(Callback):
             return
         backbone = module.method.pretrained_backbone()
         device = module.device
-        memory = extract_features(backbone, self.samples, self.memory, device=device)
-        queries = extract_features(backbone, self.samples, self.queries, device=device)
+        memory = self.features(backbone, self.samples, self.memory, device)
+        queries = self.features(backbone, self.samples, self.queries, device)
         predictions = knn_predict(memory, self.memory_labels, queries, self.num_classes, k=self.k)
         health = representation_health(queries)
         record = {"epoch": trainer.current_epoch + 1, "knn_accuracy": accuracy(predictions, self.query_labels),
@@ -102,7 +114,24 @@ class RepresentationMonitor(Callback):
         module.log_dict({f"monitor_{k}": float(v) for k, v in record.items() if k != "epoch"}, rank_zero_only=True)
         log.info("epoch %d monitor: kNN accuracy %.4f, embedding std %.3f, effective rank %.1f", record["epoch"],
                  record["knn_accuracy"], health["embedding_std"], health["effective_rank"])
-        warning = collapse_warning(health, backbone.embed_dim)
+        warning = collapse_warning(health, queries.shape[1])
         if warning:
             self.warnings.append(f"epoch {record['epoch']}: {warning}")
             log.warning("epoch %d: %s", record["epoch"], warning)
+
+
+def validation_monitor(dataset: Dataset, split: LabelSplit, per_class: int,
+                       features: Callable[[nn.Module, Any, np.ndarray, torch.device], torch.Tensor] | None = None
+                       ) -> RepresentationMonitor:
+    """kNN monitor on the validation split only: half of each class as memory, the other half as queries."""
+    from fewlabel.data.splits import LabelRequest
+
+    request = LabelRequest(per_class=2 * per_class)
+    chosen = split.validation(request, dataset.labels, min_per_class=2)
+    labels = dataset.labels[chosen]
+    memory_mask = np.zeros(len(chosen), dtype=bool)
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        memory_mask[members[: (len(members) + 1) // 2]] = True
+    return RepresentationMonitor(dataset.samples, chosen[memory_mask], labels[memory_mask], chosen[~memory_mask],
+                                 labels[~memory_mask], dataset.num_classes, features=features)

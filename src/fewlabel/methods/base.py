@@ -87,18 +87,7 @@ class SSLMethod(nn.Module, ABC):
         DINO share. Frozen parameters (momentum networks) are excluded. The caller's optimiser supplies
         the weight decay of the first group.
         """
-        decay: list[nn.Parameter] = []
-        no_decay: list[nn.Parameter] = []
-        for param in self.parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim <= 1 else decay).append(param)
-        groups: list[dict] = []
-        if decay:
-            groups.append({"params": decay})
-        if no_decay:
-            groups.append({"params": no_decay, "weight_decay": 0.0})
-        return groups
+        return decay_groups(self)
 
     def _check_views(self, views: list[torch.Tensor], minimum: int, exact: bool = True) -> None:
         if len(views) < minimum or (exact and len(views) != minimum):
@@ -122,3 +111,19 @@ def embedding_spread(embeddings: torch.Tensor) -> torch.Tensor:
     """
     normalised = F.normalize(embeddings.detach().float(), dim=1)
     return normalised.std(dim=0).mean() * normalised.shape[1] ** 0.5
+
+
+def decay_groups(module: nn.Module) -> list[dict]:
+    """The trainable parameters of ``module`` as optimiser groups: weights (the optimiser's weight decay), and
+    1-d parameters (norm scales, biases, temperatures) with ``weight_decay=0``. Frozen ones are left out."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for param in module.parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim <= 1 else decay).append(param)
+    groups: list[dict] = []
+    if decay:
+        groups.append({"params": decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fewlabel.errors import FewlabelError
+from fewlabel.modalities.audio import AudioModality
 from fewlabel.modalities.base import ClassifierSetup, LoadedBackbone, Modality
 from fewlabel.modalities.image import ImageModality
 from fewlabel.modalities.text import TextModality
@@ -54,6 +55,7 @@ def modality_for_method(method: str) -> Modality:
 
 register_modality(ImageModality())
 register_modality(TextModality())
+register_modality(AudioModality())
 
 __all__ = ["ClassifierSetup", "LoadedBackbone", "Modality", "get_modality", "modality_for_method", "modality_of",
            "register_modality", "registered_modalities"]

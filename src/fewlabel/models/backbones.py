@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import timm
 import torch
@@ -63,6 +64,23 @@ class Backbone(nn.Module):
             if local == stage or local.startswith(stage + "."):
                 return index
         return -1
+
+
+class EmbeddingClassifier(nn.Module):
+    """Any backbone that maps its own batches to embeddings + a linear head (text, audio); the ``backbone`` and
+    ``head`` attributes are what transfer strategies configure, as for :class:`Classifier`."""
+
+    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Linear(backbone.embed_dim, num_classes)
+
+    def features(self, batch: Any) -> torch.Tensor:
+        return self.backbone(batch)
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.head(self.dropout(self.features(batch)))
 
 
 _STAGE_CONTAINERS = ("blocks", "stages", "layers", "features")

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fewlabel.errors import FewlabelError
-from fewlabel.models.backbones import Backbone
+from fewlabel.models.backbones import Backbone, EmbeddingClassifier
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerFast
@@ -145,6 +145,7 @@ class TextEncoderBackbone(Backbone):
         super().__init__(body, embed_dim, transformer_stages(body), TextInputSpec(tokenizer, max_length),  # type: ignore[arg-type]
                          name or str(getattr(config, "_name_or_path", "") or type(body).__name__))
         self.pooling = pooling
+        self.partial_stages = 2  # `partial` by default trains the top two transformer layers
         self._accepts_token_types = "token_type_ids" in inspect.signature(body.forward).parameters
 
     def with_pooling(self, pooling: str) -> TextEncoderBackbone:
@@ -176,24 +177,12 @@ class TextEncoderBackbone(Backbone):
         return masked_mean(hidden, attention_mask)
 
 
-class TextClassifier(nn.Module):
+class TextClassifier(EmbeddingClassifier):
     """Text backbone + linear head: the text counterpart of :class:`fewlabel.models.backbones.Classifier`.
 
     It has the same ``backbone`` / ``head`` attributes, so :func:`fewlabel.transfer.strategies.apply_strategy`
     configures it unchanged.
     """
-
-    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.0):
-        super().__init__()
-        self.backbone = backbone
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Linear(backbone.embed_dim, num_classes)
-
-    def features(self, batch: Batch) -> torch.Tensor:
-        return self.backbone(batch)
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        return self.head(self.dropout(self.features(batch)))
 
 
 def _one_line(exc: BaseException) -> str:

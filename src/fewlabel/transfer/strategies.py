@@ -23,9 +23,10 @@ from fewlabel.names import STRATEGIES
 
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 # ``partial`` without named stages trains the backbone's last N stages, about its last third: 4 for image
-# backbones (EfficientNet-Lite0: blocks.5, blocks.6, conv_head, bn2), 2 for text encoders, whose stages are
-# whole transformer layers (MiniLM-L6: its top two layers). The values `fewlabel compare` has always used.
-DEFAULT_PARTIAL_STAGES = {"image": 4, "text": 2}
+# backbones (EfficientNet-Lite0: blocks.5, blocks.6, conv_head, bn2); backbones whose stages are whole
+# transformer layers say their own N as ``partial_stages`` (text and audio encoders: 2, MiniLM-L6's top two
+# layers). The values `fewlabel compare` has always used.
+DEFAULT_PARTIAL_STAGES = 4
 
 
 @dataclass
@@ -110,10 +111,10 @@ def match_stages(model: Classifier, patterns: list[str]) -> list[str]:
 
 
 def default_trainable(backbone: Backbone) -> str:
-    """``last:N`` for ``partial`` without named stages: N from :data:`DEFAULT_PARTIAL_STAGES` by the backbone's
-    input (token ids: text, else image), never more than the backbone has stages."""
-    kind = "text" if hasattr(backbone.input_spec, "tokenizer") else "image"
-    return f"last:{max(1, min(DEFAULT_PARTIAL_STAGES[kind], len(backbone.stages)))}"
+    """``last:N`` for ``partial`` without named stages: the backbone's ``partial_stages`` (else
+    :data:`DEFAULT_PARTIAL_STAGES`), never more than the backbone has stages."""
+    wanted = getattr(backbone, "partial_stages", DEFAULT_PARTIAL_STAGES)
+    return f"last:{max(1, min(wanted, len(backbone.stages)))}"
 
 
 def apply_strategy(
@@ -154,7 +155,12 @@ def apply_strategy(
         groups = []
         count = len(backbone.stages)
         by_stage: dict[int, list[tuple[str, nn.Parameter]]] = {}
+        # Stages a backbone never fine-tunes (wav2vec 2.0's convolutional feature encoder, as its paper does).
+        fixed = tuple(getattr(backbone, "finetune_frozen", ()))
         for name, param in backbone.body.named_parameters():
+            if fixed and any(name == stage or name.startswith(stage + ".") for stage in fixed):
+                param.requires_grad_(False)
+                continue
             by_stage.setdefault(backbone.stage_of("body." + name), []).append((name, param))
         for index in sorted(by_stage):
             depth = index if index >= 0 else count - 1
@@ -162,6 +168,8 @@ def apply_strategy(
             groups += _groups(by_stage[index], scale, f"stage{index}:{backbone.stages[index] if index >= 0 else '-'}")
         groups += _groups(head_named, 1.0, "head")
         record["layer_decay"] = layer_decay
+        if fixed:
+            record["frozen_stages"] = list(fixed)
     regularizer = L2SP(backbone, l2sp) if l2sp > 0 and strategy != "feature-extract" else None
     trainable_count = sum(p.numel() for p in model.parameters() if p.requires_grad)
     record.update({
