@@ -111,3 +111,31 @@ def test_wrong_combinations_are_one_line(args: list[str], message: str, clips: P
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_predict_with_an_audio_run(clips: Path, wav2vec2_run: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A log-mel CNN and a wav2vec2 linear probe predict a folder of clips as they were trained (labels from the
+    sub-folders give metrics; the noise folder is not data); a corrupt file is skipped with --skip-bad."""
+    import csv
+
+    cnn = tmp_path / "cnn"
+    assert main(["-q", "train", "--data", str(clips), "--epochs", "1", "--width", "8", "--accelerator", "cpu",
+                 "--out", str(cnn)]) == 0
+    probe = tmp_path / "probe"
+    assert main(["-q", "evaluate", "--backbone", str(wav2vec2_run), "--protocol", "linear", "--out", str(probe)]) == 0
+    (clips / "mid" / "broken.wav").write_bytes(b"RIFF not audio")
+    try:
+        for run in (cnn, probe):
+            out = run / "pred"
+            assert main(["-q", "predict", "--model", str(run), "--data", str(clips), "--out", str(out),
+                         "--skip-bad"]) == 0
+            rows = list(csv.DictReader((out / "predictions.csv").open()))
+            assert len(rows) == 24 and {r["label"] for r in rows} == set(WORDS)
+            summary = json.loads((out / "summary.json").read_text())
+            assert summary["skipped"] == 1 and 0.0 <= summary["metrics"]["accuracy"] <= 1.0
+        assert main(["-q", "predict", "--model", str(cnn), "--data", str(clips), "--format", "onnx",
+                     "--out", str(tmp_path / "onnx")]) == 2
+        assert "not supported yet" in capsys.readouterr().err
+    finally:
+        (clips / "mid" / "broken.wav").unlink()

@@ -156,3 +156,9 @@ class AudioModality(Modality):
     # --- compare ----------------------------------------------------------------------------------------------
     def compare_budget(self, budget: BudgetPreset) -> BudgetPreset:
         return replace(budget, policies=tuple(COMPARE_POLICIES[p] for p in budget.policies), methods=AUDIO_METHODS)
+
+    # --- predict ----------------------------------------------------------------------------------------------
+    def predict_io(self) -> Any:
+        from fewlabel.modalities.audio_predict import AudioPredictIO
+
+        return AudioPredictIO()
