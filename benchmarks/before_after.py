@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--demo-only", action="store_true", help="time fewlabel demo alone")
     args = parser.parse_args()
     env = {**os.environ, "FEWLABEL_DATA": str(Path(args.data_dir).resolve())}
     trees = {"before": str(Path(args.before).resolve()), "after": str(Path(args.after).resolve())}
@@ -50,6 +51,9 @@ def main() -> None:
                 out = Path(scratch) / f"{name}-{round_}"
                 results[name]["demo_s"].append(round(run(trees[name], ["-q", "demo", "--out", str(out / "demo")],
                                                          env), 1))
+                if args.demo_only:
+                    print(name, round_, results[name]["demo_s"][-1], flush=True)
+                    continue
                 pre = out / "simclr"
                 seconds = run(trees[name], ["-q", "pretrain", "--method", "simclr", "--data", "fashion-mnist",
                                             "--epochs", "1", "--width", "16",
@@ -58,7 +62,7 @@ def main() -> None:
                 results[name]["simclr_epoch_s"].append(round(seconds, 1))
                 results[name]["simclr_samples_per_s"].append(metrics["samples_per_second"])
                 print(name, round_, {k: v[-1] for k, v in results[name].items()}, flush=True)
-    summary = {name: {k: {"runs": v, "median": statistics.median(v)} for k, v in r.items()}
+    summary = {name: {k: {"runs": v, "median": statistics.median(v)} for k, v in r.items() if v}
                for name, r in results.items()}
     print(json.dumps(summary, indent=2))
     if args.json:

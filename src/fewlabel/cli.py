@@ -28,9 +28,16 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-column", default=None, help="text tables: column holding the label")
     parser.add_argument("--group-column", default=None,
                         help="text tables: column whose groups never straddle train and test (e.g. movie)")
+    _add_image_column(parser)
     parser.add_argument("--full-validation", action="store_true",
                         help="validate on the whole validation split instead of one scaled to the label budget")
     _add_image_flags(parser)
+
+
+def _add_image_column(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-column", default=None,
+                        help="image-text tables (CSV/TSV/JSONL): column holding image paths, relative to the table; "
+                             "it makes the table a set of image-text pairs (captions from --text-column)")
 
 
 def _add_image_flags(parser: argparse.ArgumentParser, image_size: bool = False) -> None:
@@ -85,7 +92,8 @@ def _budget(args: argparse.Namespace):
 
 
 def _columns(args: argparse.Namespace) -> dict[str, str]:
-    named = {"text": args.text_column, "label": args.label_column, "group": args.group_column}
+    named = {"text": args.text_column, "label": args.label_column, "group": getattr(args, "group_column", None),
+             "image": getattr(args, "image_column", None)}
     return {k: v for k, v in named.items() if v}
 
 
@@ -211,6 +219,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     knn = f", monitor kNN {m['monitor'][-1]['knn_accuracy']:.4f}" if m["monitor"] else ""
     print(f"pretrained {m['method']} for {m['epochs']} epochs in {m['pretrain_seconds']:.1f} s "
           f"({m['samples_per_second']:.0f} samples/s{knn}); backbone: {result.run_dir}/export")
+    if m.get("retrieval"):  # image-text: held-out retrieval and zero-shot
+        r = m["retrieval"]
+        zero_shot = f"; zero-shot accuracy {m['zero_shot_accuracy']:.4f}" if m.get("zero_shot_accuracy") is not None \
+            else ""
+        print(f"test retrieval R@1/5/10: image->text {r['image_to_text_R@1']:.3f}/{r['image_to_text_R@5']:.3f}/"
+              f"{r['image_to_text_R@10']:.3f}, text->image {r['text_to_image_R@1']:.3f}/{r['text_to_image_R@5']:.3f}/"
+              f"{r['text_to_image_R@10']:.3f}{zero_shot}")
     for warning in m["warnings"]:
         print(f"warning: {warning}")
     return 0
@@ -232,9 +247,11 @@ def _parse_options(pairs: list[str]) -> dict[str, object]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fewlabel.approaches.selfsupervised import EvaluateConfig, evaluate_backbone
 
+    class_names = tuple(n.strip() for n in (args.class_names or "").split(",") if n.strip())
     config = EvaluateConfig(backbone=args.backbone, protocol=args.protocol, labels=args.labels, data=args.data,
                             data_dir=args.data_dir, seed=args.seed, k=args.k, temperature=args.temperature,
-                            probe_c=args.probe_c, budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
+                            probe_c=args.probe_c, budget=_budget(args), out=args.out, runs_dir=args.runs_dir,
+                            columns=_columns(args), prompts=tuple(args.prompts or ()), class_names=class_names)
     result = evaluate_backbone(config)
     chosen = f", C={result['probe_c']:g}" if "probe_c" in result else ""
     print(f"{result['protocol']} test accuracy {result['test_accuracy']:.4f} "
@@ -331,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
         BUDGET_NAMES,
         IMAGE_METHODS,
         IMAGE_POLICIES,
+        IMAGE_TEXT_METHODS,
         STRATEGIES,
         TEXT_METHODS,
         TEXT_POLICIES,
@@ -392,8 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     pre = sub.add_parser("pretrain", help="self-supervised pretraining on the unlabelled pool, then export")
-    pre.add_argument("--method", default="simclr", choices=[*IMAGE_METHODS, *TEXT_METHODS, *AUDIO_METHODS],
-                     help="self-supervised method: images simclr/moco/byol/dino, text mlm/clm, audio wav2vec2")
+    pre.add_argument("--method", default="simclr",
+                     choices=[*IMAGE_METHODS, *TEXT_METHODS, *AUDIO_METHODS, *IMAGE_TEXT_METHODS],
+                     help="self-supervised method: images simclr/moco/byol/dino, text mlm/clm, audio wav2vec2, "
+                     "image-text pairs clip (contrastive image-text; LiT by default: the image tower locked)")
     pre.add_argument("--data", default="digits", help="registered dataset name or a path")
     pre.add_argument("--data-dir", default=None, help="folder holding named datasets")
     pre.add_argument("--seed", type=int, default=0)
@@ -401,18 +421,22 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--backbone", default=None,
                      help="images: a backbone name (default resnet_small); text: small (default: a new model) or "
                      "minilm / a HF folder (continue its pretraining); audio (wav2vec2): the preset tiny (default, "
-                     "CPU-sized) or base (the paper's BASE)")
+                     "CPU-sized) or base (the paper's BASE); image-text (clip): the image tower (default "
+                     "efficientnet_lite0, locked; --option text_backbone names the text tower, default minilm)")
     pre.add_argument("--text-column", default=None, help="text tables: column holding the text")
     pre.add_argument("--label-column", default=None, help="text tables: column holding the label (monitor only)")
     pre.add_argument("--group-column", default=None,
                      help="text tables: column whose groups never straddle train and test (e.g. movie)")
+    _add_image_column(pre)
     pre.add_argument("--width", type=int, default=None)
     pre.add_argument("--views", default="auto", choices=["auto", "batched", "per-sample"],
                      help="batched tensor views on the device (auto: fast, no blur) or per-sample torchvision views "
                           "(the full recipe with blur and solarisation, in loader workers)")
     pre.add_argument("--local-crops", type=int, default=6, help="multi-crop (dino): local crops per image")
     pre.add_argument("--option", action="append", metavar="KEY=VALUE",
-                     help="method hyper-parameter, e.g. --option temperature=0.2 (repeatable)")
+                     help="method hyper-parameter, e.g. --option temperature=0.2 (repeatable); clip: lock_image, "
+                     "lock_text, loss=clip|siglip, embed_dim, image_backbone, text_backbone, image_size, max_length, "
+                     "projection_hidden_dim, tower_lr_scale, init_temperature, prompts")
     pre.add_argument("--resume", default=None, help="continue a pretraining run folder from its last checkpoint")
     _add_image_flags(pre, image_size=True)
     _add_budget_flags(pre)
@@ -464,7 +488,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="kNN / linear probe / fine-tune of an exported backbone")
     ev.add_argument("--backbone", required=True,
                     help="a pretraining run folder (or its export/); text: also any Hugging Face model folder")
-    ev.add_argument("--protocol", default="knn", choices=["knn", "linear", "finetune"])
+    ev.add_argument("--protocol", default="knn", choices=["knn", "linear", "finetune", "zero-shot"],
+                    help="knn, linear (probe), finetune, or zero-shot (CLIP runs: a classifier from the class names "
+                    "alone, no labels; the other protocols use a CLIP run's image tower)")
+    ev.add_argument("--prompts", action="append", metavar="TEMPLATE",
+                    help="zero-shot: prompt template(s) with {} for the class name, e.g. \"a drawing of {}\" "
+                    "(repeatable or |-separated; default: a small set of picture templates)")
+    ev.add_argument("--class-names", default=None,
+                    help="zero-shot: comma-separated class names in the dataset's class order (default: its own)")
+    ev.add_argument("--image-column", default=None,
+                    help="image-text tables: column holding image paths (makes the table image-text pairs)")
+    ev.add_argument("--text-column", default=None, help="tables: column holding the text (captions)")
+    ev.add_argument("--label-column", default=None, help="tables: column holding the label")
     ev.add_argument("--labels", default="1.0", help="labelled share: 0.01, 0.1, 1.0 or N/class")
     ev.add_argument("--data", default=None, help="dataset (default: the one the backbone was pretrained on)")
     ev.add_argument("--data-dir", default=None, help="where named datasets live (default: $FEWLABEL_DATA)")

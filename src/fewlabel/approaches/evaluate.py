@@ -1,8 +1,10 @@
 """Evaluate a pretrained backbone (a ``fewlabel pretrain`` run, its export, or any model folder the data's
-modality loads) on the labelled subset: kNN, linear probe or fine-tuning, scored on the test split.
+modality loads) on the labelled subset: kNN, linear probe or fine-tuning, scored on the test split; and, for a
+CLIP run, zero-shot classification with no labels at all.
 
-kNN and the linear probe go through the one frozen-feature path (:mod:`fewlabel.evaluate.frozen`): cached
-features, one probe; the linear probe saves its classifier in a run folder that ``fewlabel predict`` uses.
+kNN, the linear probe and zero-shot go through the one frozen-feature path (:mod:`fewlabel.evaluate.frozen`):
+cached features, one probe; the linear probe saves its classifier in a run folder that ``fewlabel predict`` uses.
+A CLIP run (``pretrain --method clip``) is an image backbone here: its image tower, without the projection.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from fewlabel.evaluate.probes import accuracy, knn_predict, representation_healt
 from fewlabel.modalities import LoadedBackbone, Modality, modality_of
 from fewlabel.models.export import EXPORT_META
 
-PROTOCOLS = ("knn", "linear", "finetune")
+PROTOCOLS = ("knn", "linear", "finetune", "zero-shot")
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,23 @@ class EvaluateConfig:
     budget: Budget = field(default_factory=Budget)
     out: str | None = None
     runs_dir: str = "runs"
+    columns: dict[str, str] = field(default_factory=dict)  # tables: {"image": ..., "text": ..., "label": ...}
+    prompts: tuple[str, ...] = ()  # zero-shot templates ("a drawing of {}"); empty: the default set
+    class_names: tuple[str, ...] = ()  # zero-shot: one per class in the dataset's order; empty: its class names
 
 
 def export_info(path: str | Path) -> dict[str, Any]:
     """What a pretrained backbone says about itself: a fewlabel export's ``backbone.json``, else the pretraining
     run's ``config.yaml`` (its data and seed), else nothing (a plain model folder: ``--data`` is needed)."""
+    from fewlabel.models.clip_export import clip_folder, read_clip_info
+
     path = Path(path)
     if not path.exists():
         raise FewlabelError(f"no exported backbone at {path}; pass a `fewlabel pretrain` run folder or its export/")
+    if clip_folder(path) is not None:  # a CLIP run: its data, seed, table columns and image side
+        clip = read_clip_info(path)
+        return {"dataset": clip.get("dataset"), "seed": clip.get("seed"), "columns": clip.get("columns") or {},
+                "image_shape": clip.get("image_shape"), "clip": True}
     folders = [path / "export", path] if path.is_dir() else [path.parent]
     meta = next((folder / EXPORT_META for folder in folders if (folder / EXPORT_META).is_file()), None)
     if meta is not None:
@@ -80,24 +91,41 @@ def _run_split(backbone: str, dataset) -> LabelSplit | None:
 
 
 def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
-    """kNN, linear probe or fine-tuning of a pretrained backbone on the labelled subset; scored on the test split."""
+    """kNN, linear probe or fine-tuning of a pretrained backbone on the labelled subset, or zero-shot (a CLIP run,
+    no labels); scored on the test split."""
     if config.protocol not in PROTOCOLS:
-        raise FewlabelError(f"unknown protocol '{config.protocol}'; choose knn, linear or finetune")
+        raise FewlabelError(f"unknown protocol '{config.protocol}'; choose {', '.join(PROTOCOLS)}")
     if config.probe_c is not None and not config.probe_c > 0:
         raise FewlabelError(f"--probe-c {config.probe_c} is impossible; give a positive inverse regularisation "
                             "strength, or leave it out to choose it by cross-validation")
     request = LabelRequest.parse(config.labels)
     info = export_info(config.backbone)
+    if config.protocol == "zero-shot" and not info.get("clip"):
+        raise FewlabelError(f"--protocol zero-shot needs a CLIP backbone (a `fewlabel pretrain --method clip` run "
+                            f"or its export/); {config.backbone} is not one")
+    if config.protocol == "zero-shot":
+        from fewlabel.methods.clip import parse_templates
+
+        parse_templates(config.prompts)  # a prompt without {} is an error before any data is loaded
     data = config.data or info.get("dataset")
     if not data:
         raise FewlabelError(f"{config.backbone} does not say which data it was pretrained on; pass --data")
-    dataset = load_dataset(data, config.data_dir)
+    # A table's columns: as given, else (the CLIP run's own data) as the run read it.
+    columns = config.columns or (info.get("columns") if not config.data else None) or None
+    dataset = load_dataset(data, config.data_dir, columns)
     modality = modality_of(dataset)
-    loaded = modality.load_export(config.backbone, dataset, info, frozen=config.protocol != "finetune")
+    frozen = config.protocol != "finetune"
+    if info.get("clip"):  # the image tower, at the side it was trained at, as a transfer source
+        side = (info.get("image_shape") or [None, None, None])[1]
+        loaded = modality.load_backbone(config.backbone, dataset, {"image_size": side, "frozen": frozen})
+    else:
+        loaded = modality.load_export(config.backbone, dataset, info, frozen=frozen)
     dataset = loaded.dataset
     seed = config.seed if config.seed is not None else int(info.get("seed") or 0)
     split = _run_split(config.backbone, dataset) if config.seed is None else None
     split = split or prepare_split(dataset, seed, None)
+    if config.protocol == "zero-shot":
+        return _zero_shot(loaded, split, config, run_device(config.budget.accelerator))
     split.check_request(request, dataset.labels)
     if config.protocol == "finetune":
         return _finetune(modality, loaded, split, request, seed, config)
@@ -118,6 +146,44 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
     return _linear(modality, loaded, split, request, seed, config, summary, device)
 
 
+def _zero_shot(loaded: LoadedBackbone, split: LabelSplit, config: EvaluateConfig, device) -> dict[str, Any]:
+    """One classifier from the class names alone (each class's prompts, encoded by the text tower, averaged:
+    :func:`~fewlabel.methods.clip.zero_shot_classifier`), scored on the test split's images (an image with
+    several captions counts once). No label is used: ``labelled`` is 0."""
+    from fewlabel.data.dataset import UNLABELLED
+    from fewlabel.data.pairs import retrieval_images
+    from fewlabel.methods.clip import parse_templates, prompt_name, zero_shot_classifier
+    from fewlabel.models.clip_export import load_clip
+
+    started = time.perf_counter()
+    dataset = loaded.dataset
+    templates = parse_templates(config.prompts)
+    names = list(config.class_names) or [prompt_name(c) for c in dataset.classes]
+    if len(names) != dataset.num_classes:
+        raise FewlabelError(f"--class-names gives {len(names)} names; {dataset.name} has {dataset.num_classes} "
+                            f"classes ({', '.join(dataset.classes[:10])}{' ...' if dataset.num_classes > 10 else ''})")
+    if dataset.num_classes < 2:
+        raise FewlabelError(f"{dataset.name} has {dataset.num_classes} class(es); zero-shot classification needs "
+                            "labelled data of at least two classes")
+    images, _ = retrieval_images(dataset, split.test)  # one row per distinct image
+    images = images[dataset.labels[images] != UNLABELLED]
+    if len(images) == 0:
+        raise FewlabelError(f"{dataset.name} has no labelled test images to score")
+    clip = load_clip(config.backbone)
+    features, _ = frozen_features(loaded, images, device)
+    image_emb = clip.project_image_features(features)
+    weights = zero_shot_classifier(lambda prompts: clip.encode_texts(list(prompts), device=device), names, templates)
+    predictions = (image_emb @ weights.T).argmax(dim=1).numpy()
+    truth = dataset.labels[images]
+    per_class = {c: accuracy(predictions[truth == i], truth[truth == i]) for i, c in enumerate(dataset.classes)
+                 if (truth == i).any()}
+    return {"protocol": "zero-shot", "test_accuracy": accuracy(predictions, truth), "labelled": 0,
+            "test": len(images), "seconds": round(time.perf_counter() - started, 3),
+            "backbone": str(config.backbone), "dataset": dataset.name, "labels": str(config.labels),
+            "prompts": list(templates), "class_names": names, "chance": 1.0 / dataset.num_classes,
+            "per_class_accuracy": per_class}
+
+
 def _meta(modality: Modality, loaded: LoadedBackbone, config: EvaluateConfig, strategy: str) -> dict[str, Any]:
     """model.json: what ``fewlabel predict`` needs to rebuild the classifier and feed it as the data was fed."""
     return {"backbone": str(config.backbone), "backbone_dir": str(Path(config.backbone).resolve()),
@@ -136,7 +202,7 @@ def _linear(modality: Modality, loaded: LoadedBackbone, split: LabelSplit, reque
         run.save_split(split)
         run.write_config({"command": "evaluate", **asdict(config), "dataset": dataset.summary()})
         metrics, test_x = fit_frozen_classifier(model, loaded, split, request, head="logreg", seed=seed,
-                                                probe_c=config.probe_c, device=device)
+                                                probe_c=config.probe_c, device=device, validate=False)
         if run.primary:
             save_classifier(run, model, dataset.classes, {**_meta(modality, loaded, config, "feature-extract"),
                                                           "head": "logreg", "modality": dataset.modality})

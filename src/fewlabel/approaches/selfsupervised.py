@@ -22,7 +22,7 @@ from fewlabel.approaches.pretrain_text import pretrain_text
 from fewlabel.data.registry import load_dataset
 from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.fit import Budget
-from fewlabel.engine.run import RunFolder, RunResult, prepare_split
+from fewlabel.engine.run import RunFolder, RunResult
 from fewlabel.errors import FewlabelError
 from fewlabel.methods.registry import method_hparams
 from fewlabel.modalities import modality_for_method
@@ -112,7 +112,7 @@ def pretrain(config: PretrainConfig, resume: str | None = None) -> RunResult:
     dataset = load_dataset(config.data, config.data_dir, config.columns, skip_bad=config.skip_bad)
     modality.check(dataset, f"--method {config.method}")
     # A resumed run keeps its own split (checked against the data: changed data is an error, not a new split).
-    split = prepare_split(dataset, config.seed, str(point.run.path) if point else config.split)
+    split = modality.split(dataset, config.seed, str(point.run.path) if point else config.split)
     return modality.pretrain(dataset, split, config, point)
 
 

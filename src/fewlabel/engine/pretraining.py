@@ -46,10 +46,12 @@ class PretrainModule(L.LightningModule):
             return self.batched_views(batch)
         return batch
 
-    def training_step(self, views: list[torch.Tensor] | torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, views: list[Any] | torch.Tensor, batch_idx: int) -> torch.Tensor:
         if isinstance(views, torch.Tensor):  # one batch of samples, no views (wav2vec 2.0 masks inside the model)
             views = [views]
-        views = [v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for v in views]
+        # Entries that are not image tensors (an image-text batch's token dict and caption ids) pass as they are.
+        views = [v.contiguous(memory_format=torch.channels_last) if isinstance(v, torch.Tensor) and v.ndim == 4
+                 else v for v in views]
         loss, scalars = self.method.training_loss(views)
         batch = views[0].shape[0]
         self.samples_seen += batch * world_size(self)  # every rank trains on its own batch of this size

@@ -39,24 +39,29 @@ def frozen_features(loaded: LoadedBackbone, indices: np.ndarray,
 def fit_frozen_classifier(model: nn.Module, loaded: LoadedBackbone, split: LabelSplit, request: LabelRequest, *,
                           head: str = "logreg", seed: int = 0, probe_c: float | None = None,
                           optim: OptimConfig | None = None, full_validation: bool = False,
-                          device: torch.device | None = None) -> tuple[dict[str, Any], torch.Tensor]:
+                          device: torch.device | None = None, validate: bool = True
+                          ) -> tuple[dict[str, Any], torch.Tensor]:
     """Fit ``model.head`` on the frozen features of ``model.backbone`` (``loaded.backbone``); returns the metrics
     and the test features (for representation health).
 
     ``logreg``: logistic regression (``C`` = ``probe_c``, or chosen by cross-validation on the labelled set),
     copied into the head; ``linear``: AdamW on the head, keeping the best validation epoch. Either way the head
-    ends up acting on raw backbone features, so the classifier can be saved and used as is.
+    ends up acting on raw backbone features, so the classifier can be saved and used as is. ``validate=False``
+    (a ``logreg`` probe, which chooses ``C`` on the labelled set) skips the validation features altogether.
     """
+    if not validate and head != "logreg":
+        raise ValueError("the linear head keeps its best validation epoch: it needs validate=True")
     dataset = loaded.dataset
     labels = dataset.labels
     train_idx = split.labelled(request, labels)
-    val_idx = split.validation(None if full_validation else request, labels)
+    val_idx = split.validation(None if full_validation else request, labels) if validate else np.zeros(0, np.int64)
     started = time.perf_counter()
     cache_hits = 0
     feats = {}
     for part, idx in (("train", train_idx), ("val", val_idx), ("test", split.test)):
-        feats[part], hit = frozen_features(loaded, idx, device)
-        cache_hits += int(hit)
+        if len(idx) or part != "val":
+            feats[part], hit = frozen_features(loaded, idx, device)
+            cache_hits += int(hit)
     feature_seconds = time.perf_counter() - started
     fit_started = time.perf_counter()
     y_train, y_val, y_test = labels[train_idx], labels[val_idx], labels[split.test]
@@ -75,7 +80,7 @@ def fit_frozen_classifier(model: nn.Module, loaded: LoadedBackbone, split: Label
         train_linear_head(model.head, feats["train"], y_train, feats["val"], y_val, optim, seed)
     with torch.no_grad():
         predictions = model.head(feats["test"]).argmax(dim=1).numpy()
-        val_accuracy = accuracy(model.head(feats["val"]).argmax(dim=1).numpy(), y_val)
+        val_accuracy = accuracy(model.head(feats["val"]).argmax(dim=1).numpy(), y_val) if validate else None
     fit_seconds = time.perf_counter() - fit_started
     per_class = [accuracy(predictions[y_test == c], y_test[y_test == c]) for c in range(dataset.num_classes)]
     from fewlabel.engine.fit import count_parameters

@@ -18,6 +18,7 @@ from fewlabel.errors import FewlabelError
 from fewlabel.modalities.audio import AudioModality
 from fewlabel.modalities.base import ClassifierSetup, LoadedBackbone, Modality
 from fewlabel.modalities.image import ImageModality
+from fewlabel.modalities.image_text import ImageTextModality
 from fewlabel.modalities.text import TextModality
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def modality_for_method(method: str) -> Modality:
 register_modality(ImageModality())
 register_modality(TextModality())
 register_modality(AudioModality())
+register_modality(ImageTextModality())
 
 __all__ = ["ClassifierSetup", "LoadedBackbone", "Modality", "get_modality", "modality_for_method", "modality_of",
            "register_modality", "registered_modalities"]

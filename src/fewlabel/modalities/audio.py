@@ -86,7 +86,7 @@ class AudioModality(Modality):
         name = self.default_backbone("supervised", backbone)
         rate = self.sample_rate(dataset)
         # 40 mel bands every 20 ms (a 40 x 51 map per second): keyword spotting's usual resolution, and 3x cheaper
-        # than 64 x 101 on CPUs; it also trained better in the same steps (82% vs 59% on spoken-words, 600 steps).
+        # than 64 x 101 on CPUs; it also trained better in 600 steps (79% vs 59% on spoken-words, BENCHMARKS.md).
         log_mel = LogMel(rate, n_mels=40, hop_length=round(0.020 * rate))
         policy = self.augmentation(augment, dataset, seed, log_mel=log_mel)
         L.seed_everything(seed, workers=True, verbose=False)  # the initial weights depend on the seed only

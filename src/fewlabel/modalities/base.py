@@ -95,8 +95,11 @@ class Modality:
     def check(self, dataset: Dataset, what: str) -> None:
         """One line when ``dataset`` is not of this modality (e.g. ``--method mlm`` given images)."""
         if dataset.modality != self.name:
-            raise FewlabelError(f"{what} needs {self.noun}; '{dataset.name}' is a {dataset.modality} dataset "
-                                f"(choose data of {self.noun})")
+            from fewlabel.modalities import get_modality
+
+            holds = get_modality(dataset.modality).noun
+            raise FewlabelError(f"{what} needs {self.noun}; '{dataset.name}' holds {holds} (choose a dataset of "
+                                f"{self.noun})")
 
     # --- data -------------------------------------------------------------------------------------------------
     def working_data(self, dataset: Dataset, size: int | None = None, cache: bool = False,
@@ -106,6 +109,13 @@ class Modality:
 
     def eval_batch_size(self, dataset: Dataset, train_batch: int) -> int:
         return max(train_batch, 128)
+
+    def split(self, dataset: Dataset, seed: int, split_path: str | None) -> LabelSplit:
+        """The split pretraining uses: the seed's standard split, or one saved by an earlier run. A modality whose
+        data may carry no labels at all (image-text pairs) splits it otherwise."""
+        from fewlabel.engine.run import prepare_split
+
+        return prepare_split(dataset, seed, split_path)
 
     # --- supervised -------------------------------------------------------------------------------------------
     def augmentation(self, name: str | None, dataset: Dataset, seed: int) -> AugmentationPolicy:

