@@ -16,7 +16,13 @@ import torch
 from torch import nn
 
 from fewlabel.errors import FewlabelError
-from fewlabel.modalities.base import ClassifierSetup, FeatureExtractor, LoadedBackbone, Modality
+from fewlabel.modalities.base import (
+    ClassifierSetup,
+    FeatureExtractor,
+    LoadedBackbone,
+    Modality,
+    batched_feature_extractor,
+)
 from fewlabel.names import AUDIO_METHODS, AUDIO_POLICIES
 
 if TYPE_CHECKING:
@@ -128,21 +134,9 @@ class AudioModality(Modality):
 
     # --- frozen features --------------------------------------------------------------------------------------
     def feature_extractor(self, loaded: LoadedBackbone, device: torch.device | None) -> FeatureExtractor:
-        backbone, samples = loaded.backbone, loaded.dataset.samples
-        device = device or torch.device("cpu")
-
-        @torch.no_grad()
-        def extract(indices: np.ndarray) -> torch.Tensor:
-            was_training = backbone.training
-            backbone.eval().to(device)
-            chunks = []
-            for start in range(0, len(indices), FEATURE_BATCH):
-                batch = samples[torch.as_tensor(np.asarray(indices[start : start + FEATURE_BATCH]))].to(device)
-                chunks.append(backbone(batch).float().cpu())
-            backbone.train(was_training).to("cpu")
-            return torch.cat(chunks) if chunks else torch.zeros(0, backbone.embed_dim)
-
-        return extract
+        samples = loaded.dataset.samples
+        return batched_feature_extractor(loaded.backbone, lambda idx: samples[torch.as_tensor(np.asarray(idx))],
+                                         device, FEATURE_BATCH)
 
     # --- self-supervised --------------------------------------------------------------------------------------
     def pretrain(self, dataset: Dataset, split: LabelSplit, config: Any, resume: Any = None) -> Any:

@@ -167,3 +167,27 @@ class Modality:
     # --- predict ----------------------------------------------------------------------------------------------
     def predict_io(self) -> Any:
         raise self._unsupported("fewlabel predict")
+
+
+def batched_feature_extractor(backbone: Backbone, make_batch: Callable[[np.ndarray], Any],
+                              device: torch.device | None, batch_size: int) -> FeatureExtractor:
+    """A :data:`FeatureExtractor` that runs the frozen ``backbone`` (eval mode) on ``device`` over
+    ``make_batch(indices)`` chunks: features float32 on the CPU. The backbone returns to the CPU and its mode
+    afterwards (the Lightning loop, or the saved model, takes it from there)."""
+    device = device or torch.device("cpu")
+
+    def to_device(batch: Any) -> Any:
+        if isinstance(batch, dict):
+            return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return batch.to(device)
+
+    @torch.no_grad()
+    def extract(indices: np.ndarray) -> torch.Tensor:
+        was_training = backbone.training
+        backbone.eval().to(device)
+        chunks = [backbone(to_device(make_batch(indices[start : start + batch_size]))).float().cpu()
+                  for start in range(0, len(indices), batch_size)]
+        backbone.train(was_training).to("cpu")
+        return torch.cat(chunks) if chunks else torch.zeros(0, backbone.embed_dim)
+
+    return extract

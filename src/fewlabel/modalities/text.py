@@ -7,12 +7,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from fewlabel.errors import FewlabelError
-from fewlabel.modalities.base import ClassifierSetup, FeatureExtractor, LoadedBackbone, Modality
+from fewlabel.modalities.base import (
+    ClassifierSetup,
+    FeatureExtractor,
+    LoadedBackbone,
+    Modality,
+    batched_feature_extractor,
+)
 from fewlabel.names import TEXT_METHODS, TEXT_POLICIES
 
 if TYPE_CHECKING:
@@ -114,22 +119,9 @@ class TextModality(Modality):
     def feature_extractor(self, loaded: LoadedBackbone, device: torch.device | None) -> FeatureExtractor:
         """Tokenise in batches, run the frozen encoder on ``device``, pool; the encoder goes back to the CPU
         afterwards (the Lightning loop, or the saved model, takes it from there)."""
-        backbone, samples, encode = loaded.backbone, loaded.dataset.samples, loaded.encode
-        device = device or torch.device("cpu")
-
-        @torch.no_grad()
-        def extract(indices: np.ndarray) -> torch.Tensor:
-            was_training = backbone.training
-            backbone.eval().to(device)
-            chunks = []
-            for start in range(0, len(indices), FEATURE_BATCH):
-                batch = encode([samples[i] for i in indices[start : start + FEATURE_BATCH]])
-                batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                chunks.append(backbone(batch).float().cpu())
-            backbone.train(was_training).to("cpu")
-            return torch.cat(chunks) if chunks else torch.zeros(0, backbone.embed_dim)
-
-        return extract
+        samples, encode = loaded.dataset.samples, loaded.encode
+        return batched_feature_extractor(loaded.backbone, lambda idx: encode([samples[i] for i in idx]), device,
+                                         FEATURE_BATCH)
 
     # --- self-supervised --------------------------------------------------------------------------------------
     def pretrain(self, dataset: Dataset, split: LabelSplit, config: Any, resume: Any = None) -> Any:
