@@ -176,12 +176,22 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     from fewlabel.data.registry import load_dataset, registered_datasets
 
     rows = []
-    for entry in registered_datasets():
-        try:
-            ds = load_dataset(entry.name, args.data_dir)
-            rows.append((entry.name, f"{len(ds)}", f"{ds.num_classes}", ds.source))
-        except FewlabelError as exc:
-            rows.append((entry.name, "-", "-", f"not found: {exc}"))
+    # Listing looks only at local copies (Speech Commands alone is a 2.4 GB download); --download fetches.
+    offline = os.environ.get("FEWLABEL_OFFLINE")
+    if not args.download:
+        os.environ["FEWLABEL_OFFLINE"] = "1"
+    try:
+        for entry in registered_datasets():
+            try:
+                ds = load_dataset(entry.name, args.data_dir)
+                rows.append((entry.name, f"{len(ds)}", f"{ds.num_classes}", ds.source))
+            except FewlabelError as exc:
+                rows.append((entry.name, "-", "-", f"not found: {exc}"))
+    finally:
+        if offline is None:
+            os.environ.pop("FEWLABEL_OFFLINE", None)
+        else:
+            os.environ["FEWLABEL_OFFLINE"] = offline
     widths = [max(len(r[i]) for r in [*rows, ("name", "samples", "classes", "")]) for i in range(3)]
     print(f"{'name':<{widths[0]}}  {'samples':>{widths[1]}}  {'classes':>{widths[2]}}  found at")
     for name, size, classes, where in rows:
@@ -386,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     datasets = sub.add_parser("datasets", help="list registered datasets, where each was found, sizes")
     datasets.add_argument("--data-dir", default=None, help="folder holding named datasets")
+    datasets.add_argument("--download", action="store_true",
+                          help="download the registered datasets that have no local copy (default: list local ones)")
     datasets.set_defaults(func=cmd_datasets)
 
     backbones = sub.add_parser("backbones", help="list registered backbones")
