@@ -139,3 +139,25 @@ def test_predict_with_an_audio_run(clips: Path, wav2vec2_run: Path, tmp_path: Pa
         assert "not supported yet" in capsys.readouterr().err
     finally:
         (clips / "mid" / "broken.wav").unlink()
+
+
+def test_own_manifest_with_own_column_names(clips: Path, tmp_path: Path) -> None:
+    """A user's CSV: their own names for the path, label and speaker columns, paths relative to the table."""
+    import csv
+
+    table = clips / "labels.csv"
+    with table.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["recording", "command", "person"])
+        for word in WORDS:
+            for file in sorted((clips / word).glob("*.wav")):
+                writer.writerow([f"{word}/{file.name}", word, file.name.split("_")[0]])
+    try:
+        out = tmp_path / "run"
+        assert main(["-q", "train", "--data", str(table), "--audio-column", "recording", "--label-column", "command",
+                     "--group-column", "person", "--epochs", "1", "--width", "8", "--accelerator", "cpu",
+                     "--out", str(out)]) == 0
+        summary = json.loads((out / "metrics.json").read_text())
+        assert summary["split"]["labelled"] + summary["split"]["val"] + summary["split"]["test"] == 24
+    finally:
+        table.unlink()
