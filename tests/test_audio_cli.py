@@ -56,6 +56,14 @@ def test_train_log_mel_cnn_with_each_policy(clips: Path, tmp_path: Path, policy:
     assert model["modality"] == "audio" and model["n_mels"] == 40 and model["sample_rate"] == 16000
 
 
+def test_clip_seconds_sets_the_clip_length(clips: Path, tmp_path: Path) -> None:
+    out = tmp_path / "half"
+    assert main(["-q", "train", "--data", str(clips), "--clip-seconds", "0.5", "--epochs", "1", "--width", "8",
+                 "--accelerator", "cpu", "--out", str(out)]) == 0
+    model = json.loads((out / "model.json").read_text())
+    assert model["clip_samples"] == 8000
+
+
 def test_wav2vec2_pretraining_exports_a_hugging_face_folder(wav2vec2_run: Path) -> None:
     from transformers import AutoFeatureExtractor, Wav2Vec2Model
 
@@ -98,6 +106,8 @@ def test_finetune_from_a_wav2vec2_run(wav2vec2_run: Path, clips: Path, tmp_path:
      "masks log-mel features"),
     (["pretrain", "--method", "wav2vec2", "--option", "colour=red"], "unknown option(s) colour"),
     (["pretrain", "--method", "simclr"], "needs images"),
+    (["train", "--clip-seconds", "0"], "clip length 0 s is impossible"),
+    (["train", "--clip-seconds", "2", "--data", "digits"], "--clip-seconds applies to audio data"),
 ])
 def test_wrong_combinations_are_one_line(args: list[str], message: str, clips: Path, wav2vec2_run: Path,
                                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

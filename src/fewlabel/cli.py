@@ -32,6 +32,8 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--audio-column", default=None,
                         help="audio manifests (CSV/TSV/JSONL): column holding the audio file paths, relative to the "
                              "table (default: path, file, filename, audio, wav ...)")
+    parser.add_argument("--clip-seconds", default=None,
+                        help="audio: length every clip is centre-cropped or zero-padded to, in seconds (default 1)")
     parser.add_argument("--full-validation", action="store_true",
                         help="validate on the whole validation split instead of one scaled to the label budget")
     _add_image_flags(parser)
@@ -96,7 +98,8 @@ def _budget(args: argparse.Namespace):
 
 def _columns(args: argparse.Namespace) -> dict[str, str]:
     named = {"text": args.text_column, "label": args.label_column, "group": getattr(args, "group_column", None),
-             "image": getattr(args, "image_column", None), "path": getattr(args, "audio_column", None)}
+             "image": getattr(args, "image_column", None), "path": getattr(args, "audio_column", None),
+             "clip_seconds": getattr(args, "clip_seconds", None)}
     return {k: v for k, v in named.items() if v}
 
 

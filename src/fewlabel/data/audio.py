@@ -630,21 +630,21 @@ def _manifest_path_column(path: Path, columns: dict[str, str]) -> str | None:
 
 
 def load_audio_path(path: str | os.PathLike, columns: dict[str, str] | None = None,
-                    skip_bad: bool = False) -> Dataset | None:
+                    skip_bad: bool = False, clip_seconds: float = DEFAULT_CLIP_SECONDS) -> Dataset | None:
     """Load ``path`` when it is audio: a folder whose class folders hold audio files, or a table whose path column
     points at audio files (``columns`` may name the ``path``, ``label`` and ``group`` columns). Returns ``None``
     for anything else, so the caller can try the text and image loaders."""
     path = Path(path).expanduser()
     columns = columns or {}
     if path.is_dir():
-        return load_audio_folder(path, skip_bad=skip_bad) if folder_is_audio(path) else None
+        return load_audio_folder(path, clip_seconds, skip_bad=skip_bad) if folder_is_audio(path) else None
     if not path.is_file() or table_format(path) is None:
         return None
     path_column = _manifest_path_column(path, columns)
     if path_column is None:
         return None
     return load_audio_manifest(path, path_column=path_column, label_column=columns.get("label"),
-                               group_column=columns.get("group"), skip_bad=skip_bad)
+                               group_column=columns.get("group"), clip_seconds=clip_seconds, skip_bad=skip_bad)
 
 
 def _shared_copies(name: str) -> tuple[str, ...]:
@@ -660,7 +660,7 @@ def _where_searched(error: FewlabelError) -> str:
     return str(error).split(" Put its files")[0].rstrip(".")
 
 
-def load_spoken_words(data_dir: str | None = None) -> Dataset:
+def load_spoken_words(data_dir: str | None = None, clip_seconds: float = DEFAULT_CLIP_SECONDS) -> Dataset:
     """``spoken-words``: 20 words x 160 synthetic speakers (3,200 clips of 1 s, 16 kHz FLAC) in the Speech
     Commands v2 layout, with official validation/test lists by speaker. It has no download."""
     try:
@@ -669,11 +669,11 @@ def load_spoken_words(data_dir: str | None = None) -> Dataset:
     except FewlabelError as exc:
         raise FewlabelError(f"{_where_searched(exc)}. Copy the spoken-words folder (<word>/*.flac, {VALIDATION_LIST}, "
                             f"{TESTING_LIST}) into one of these or pass --data-dir; it has no download") from None
-    dataset = load_audio_folder(folder)
+    dataset = load_audio_folder(folder, clip_seconds)
     return dataclasses.replace(dataset, name="spoken-words", source=how)
 
 
-def load_speech_commands(data_dir: str | None = None) -> Dataset:
+def load_speech_commands(data_dir: str | None = None, clip_seconds: float = DEFAULT_CLIP_SECONDS) -> Dataset:
     """Speech Commands v2 (35 words, 105,829 clips of 1 s at 16 kHz, official validation/test lists, background
     noise): local copies first, then the 2.4 GB archive downloaded once (SHA-256 checked) and extracted into the
     cache. Decoding it the first time takes minutes; later loads read the int16 cache."""
@@ -691,7 +691,7 @@ def load_speech_commands(data_dir: str | None = None) -> Dataset:
             raise FewlabelError(f"{searched}; downloading {SPEECH_COMMANDS_URL} failed ({download_error}); check the "
                                 "connection or extract the archive into one of these") from None
         how = f"downloaded: {folder}"
-    dataset = load_audio_folder(folder)
+    dataset = load_audio_folder(folder, clip_seconds)
     return dataclasses.replace(dataset, name="speech-commands", source=how)
 
 

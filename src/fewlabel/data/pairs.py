@@ -344,6 +344,47 @@ def load_openclipart(data_dir: str | None = None, caption: str = OPENCLIPART_CAP
     return dataset
 
 
+OPENCLIPART_MIN_SUBCATEGORY = 40
+
+
+def load_openclipart_subcategories(data_dir: str | None = None, caption: str = OPENCLIPART_CAPTION,
+                                   min_count: int = OPENCLIPART_MIN_SUBCATEGORY) -> Dataset:
+    """``openclipart`` (the same pairs and captions) labelled by ``category/subcategory`` for the subcategories
+    with at least ``min_count`` drawings (20 at 40: flags, icons, games, stars, mammals ...); every other drawing
+    is unlabelled (``-1``) and still a training pair. Class names are the subcategory words ("aiga symbols"),
+    ready for zero-shot prompts; ``extra["class_paths"]`` keeps the ``category/subcategory`` of each class.
+
+    The test images are openclipart's own (its seed-independent 20% split, marked as ``official_test``), so a CLIP
+    run on ``openclipart`` never trained on the images scored here; a subcategory's test images are those of its
+    drawings among them."""
+    import csv
+
+    from fewlabel.data.splits import make_split
+
+    dataset = load_openclipart(data_dir, caption)
+    held_out = np.zeros(len(dataset), dtype=bool)
+    held_out[make_split(dataset, seed=0).test] = True  # what a run on `openclipart` holds out, whatever its seed
+    store = dataset.samples
+    table = Path(store.root) / OPENCLIPART_REMOTE.name
+    with open(table, encoding="utf-8", errors="surrogateescape", newline="") as handle:
+        folders = {os.path.normpath(r["file"]): ((r.get("category") or "").strip(),
+                                                 (r.get("subcategory") or "").strip())
+                   for r in csv.DictReader(handle)}
+    paths = [folders.get(name.decode("utf-8", "surrogateescape"), ("", "")) for name in store.names]
+    counts = Counter(p for p in paths if p[1])
+    kept = sorted((p for p, n in counts.items() if n >= min_count), key=lambda p: " ".join(re.split("[_-]", p[1])))
+    names = [" ".join(re.split("[_-]", sub)) for _, sub in kept]
+    if len(set(names)) != len(names):  # the same subcategory word under two categories: name both in full
+        names = [" ".join(re.split("[_/-]", f"{cat}/{sub}")) for cat, sub in kept]
+    index = {p: i for i, p in enumerate(kept)}
+    dataset.labels = np.asarray([index.get(p, UNLABELLED) for p in paths], dtype=np.int64)
+    dataset.classes = names
+    dataset.name = "openclipart-subcategories"
+    dataset.official_test = held_out
+    dataset.extra["class_paths"] = [f"{cat}/{sub}" for cat, sub in kept]
+    return dataset
+
+
 # --- splits -----------------------------------------------------------------------------------------------------
 
 

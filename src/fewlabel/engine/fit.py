@@ -22,10 +22,12 @@ from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import ClassificationModule, OptimConfig
 from fewlabel.engine.data import IndexedSamples, auto_batch_size, default_workers, make_loader
 from fewlabel.engine.run import LOGGER_NAME, RunFolder, atomic_path, atomic_write
-from fewlabel.engine.trainer import build_trainer
+from fewlabel.engine.trainer import EarlyStoppingAfterLearning, build_trainer
 from fewlabel.modalities import modality_of
 
 log = logging.getLogger(LOGGER_NAME)
+
+CHANCE_MARGIN = 0.9  # early stopping is armed once the training loss falls below 0.9 ln(classes)
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,10 @@ def fit_classifier(
     model.train()  # Hugging Face's from_pretrained returns eval mode (dropout off); Lightning keeps modes as found
     module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
                                   frozen_eval_modules, regularizer)
+    # Patience counts only once the training loss is clearly below chance, ln(classes): a network that has not
+    # started learning yet (hard augmentation, few labels) is not stopped at chance.
     trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=max(2, patience // val_every),
+                            stop_armed_below=CHANCE_MARGIN * math.log(max(2, dataset.num_classes)),
                             check_val_every_n_epoch=val_every,
                             accelerator=budget.accelerator, devices=budget.devices, num_nodes=budget.num_nodes,
                             precision=budget.precision, max_minutes=budget.max_minutes, progress=budget.progress,
@@ -149,6 +154,7 @@ def fit_classifier(
     trainer.test(module, test_loader, ckpt_path=best or None, verbose=False)
     results = module.test_results
     epochs_run = trainer.current_epoch
+    stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStoppingAfterLearning)), None)
 
     metrics: dict[str, Any] = {
         "test_accuracy": results["test_accuracy"],
@@ -161,6 +167,7 @@ def fit_classifier(
         "epochs_planned": epochs,
         "batches_per_epoch": batches_per_epoch or steps_per_epoch,
         "validate_every_epochs": val_every,
+        "early_stopping_armed_at_epoch": stopper.armed_at_epoch if stopper else None,
         "batch_size": batch_size,
         "parameters": count_parameters(model),
         "split": {"seed": split.seed, "labels": str(request), **sizes},

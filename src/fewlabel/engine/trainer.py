@@ -56,6 +56,40 @@ def auto_precision(accelerator: str = "auto") -> str:
     return "32-true"
 
 
+class EarlyStoppingAfterLearning(EarlyStopping):
+    """Early stopping whose patience starts only once the training loss has left chance level.
+
+    A from-scratch network on hard inputs (masked spectrograms, tiny labelled sets) can sit at ``ln(classes)`` for
+    a few hundred steps before it learns anything; plain early stopping ends such a run at chance. Until the
+    epoch's training loss falls below ``armed_below`` the wait counter stays at zero (the best checkpoint is still
+    tracked by the checkpoint callback); from then on it is Lightning's ``EarlyStopping``.
+    """
+
+    def __init__(self, monitor: str, patience: int, armed_below: float, loss_key: str = "train_loss_epoch") -> None:
+        super().__init__(monitor=monitor, mode="max", patience=patience)
+        self.armed_below = armed_below
+        self.loss_key = loss_key
+        self.armed_at_epoch: int | None = None
+
+    def _run_early_stopping_check(self, trainer: L.Trainer) -> None:
+        if self.armed_at_epoch is None:
+            loss = trainer.callback_metrics.get(self.loss_key)
+            if loss is None or not float(loss) < self.armed_below:
+                return  # still at chance: patience has not started
+            self.armed_at_epoch = trainer.current_epoch
+            log.info("training loss %.3f left chance (< %.3f) at epoch %d: early stopping armed",
+                     float(loss), self.armed_below, trainer.current_epoch)
+        super()._run_early_stopping_check(trainer)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "armed_at_epoch": self.armed_at_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = dict(state_dict)
+        self.armed_at_epoch = state.pop("armed_at_epoch", None)
+        super().load_state_dict(state)
+
+
 class EpochLog(Callback):
     """One log line per epoch, so progress is visible in logs and on non-interactive terminals."""
 
@@ -196,14 +230,19 @@ def build_trainer(
     max_minutes: float | None = None,
     progress: bool | None = None,
     extra_callbacks: list[Callback] | None = None,
+    stop_armed_below: float | None = None,
     **kwargs: Any,
 ) -> Trainer:
+    """``stop_armed_below``: a training loss (e.g. 0.9 ln(classes)) above which early stopping does not count
+    patience yet (:class:`EarlyStoppingAfterLearning`); ``None`` counts from the first validation."""
     marker = InterruptMarker(run)
     callbacks: list[Callback] = [EpochLog(), marker]
     if monitor is not None:
         callbacks.append(ModelCheckpoint(dirpath=run.checkpoints, filename="best-{epoch}", monitor=monitor,
                                          mode="max", save_top_k=1, save_last=True))
-        if patience is not None:
+        if patience is not None and stop_armed_below is not None:
+            callbacks.append(EarlyStoppingAfterLearning(monitor, patience, stop_armed_below))
+        elif patience is not None:
             callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=patience))
     else:
         callbacks.append(ModelCheckpoint(dirpath=run.checkpoints, filename="epoch-{epoch}", save_last=True))

@@ -1,0 +1,112 @@
+"""Issue 17's audio table on spoken-words: the log-mel CNN from scratch with every policy, and wav2vec 2.0 (`tiny`,
+pretrained on the 2,400 training clips without labels) with the linear probe and with fine-tuning, at 1 / 10 / 100%
+labels over seeds; plus probe accuracy against pretraining epochs. Every cell is a `fewlabel` command, run in this
+process through `fewlabel.cli.main` and read back from its `metrics.json`; finished cells are never rerun.
+
+    FEWLABEL_DATA=../shared/data python benchmarks/audio_grid.py --work /tmp/audio-grid \\
+        --json benchmarks/results/audio_grid.json
+
+Cells run seed by seed (all of seed 0 first), so a partial run still gives complete rows for its first seeds. The
+pretraining is one run (seed 0) continued in stages (`--pretrain-epochs 10,30`: 10 epochs, probes, then resumed to
+30), and every seed's probe and fine-tuning start from its final export: seeds vary the labelled subset and the
+head/fine-tuning, not the pretraining.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import CellStore
+
+from fewlabel.cli import main as fewlabel
+
+FRACTIONS = ("0.01", "0.1", "1.0")
+POLICIES = ("none", "standard", "specaugment", "mixup")
+
+
+def run(args: list[str], out: Path) -> dict:
+    """One fewlabel command into ``out`` (a fresh folder); its metrics.json (or the evaluate summary) back."""
+    started = time.perf_counter()
+    code = fewlabel(["-q", *args, "--out", str(out)])
+    if code != 0:
+        raise RuntimeError(f"fewlabel {' '.join(args)} exited {code}")
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    return {"command": "fewlabel " + " ".join(args), "wall_seconds": round(time.perf_counter() - started, 1),
+            "test_accuracy": metrics.get("test_accuracy"), "macro_f1": metrics.get("macro_f1"),
+            "epochs_run": metrics.get("epochs_run"), "epochs_planned": metrics.get("epochs_planned"),
+            "armed_at": metrics.get("early_stopping_armed_at_epoch"),
+            "train_seconds": metrics.get("train_seconds")}
+
+
+def pretrain_stages(store: CellStore, work: Path, stages: list[int], batch_size: int) -> Path:
+    """The wav2vec 2.0 run, continued stage by stage; after each stage a linear probe at 10% labels (seed 0)."""
+    folder = work / "wav2vec2"
+    for epochs in stages:
+        key = {"kind": "pretrain", "epochs": epochs}
+        if not store.done(**key):
+            args = ["pretrain", "--method", "wav2vec2", "--data", "spoken-words", "--epochs", str(epochs),
+                    "--batch-size", str(batch_size), "--seed", "0"]
+            if (folder / "checkpoints" / "last.ckpt").exists():
+                args += ["--resume", str(folder)]
+            started = time.perf_counter()
+            code = fewlabel(["-q", *args] + ([] if "--resume" in args else ["--out", str(folder)]))
+            if code != 0:
+                raise RuntimeError(f"pretraining to {epochs} epochs failed ({code})")
+            metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+            store.run(key, lambda m=metrics, a=args, s=started: {
+                "command": "fewlabel " + " ".join(a), "wall_seconds": round(time.perf_counter() - s, 1),
+                **{k: v for k, v in m.items() if not isinstance(v, dict | list)}})
+        probe = {"kind": "curve", "epochs": epochs, "protocol": "linear", "labels": "0.1", "seed": 0}
+        store.run(probe, lambda e=epochs: run(["evaluate", "--backbone", str(folder), "--protocol", "linear",
+                                               "--labels", "0.1", "--seed", "0"], work / f"curve-linear-{e}"))
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default="/tmp/audio-grid", help="run folders (large; outside the repository)")
+    parser.add_argument("--json", default="benchmarks/results/audio_grid.json")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--fractions", default=",".join(FRACTIONS))
+    parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--pretrain-epochs", default="10,30")
+    parser.add_argument("--pretrain-batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("FEWLABEL_OFFLINE", "1")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    store = CellStore(args.json)
+    store.data["command"] = " ".join(sys.argv)
+    export = pretrain_stages(store, work, [int(e) for e in args.pretrain_epochs.split(",")], args.pretrain_batch)
+    fractions = args.fractions.split(",")
+    for seed in range(args.seeds):
+        for fraction in fractions:
+            for protocol in ("linear", "finetune"):
+                key = {"kind": "wav2vec2", "protocol": protocol, "labels": fraction, "seed": seed}
+                out = work / f"w2v-{protocol}-{fraction}-s{seed}"
+                if protocol == "linear":
+                    cmd = ["evaluate", "--backbone", str(export), "--protocol", "linear"]
+                else:  # the transfer path: the convolutional feature encoder frozen, as the paper fine-tunes
+                    cmd = ["finetune", "--backbone", str(export), "--strategy", "finetune", "--data", "spoken-words"]
+                store.run(key, lambda c=cmd, f=fraction, s=seed, o=out: run(
+                    [*c, "--labels", f, "--seed", str(s)], o))
+        for fraction in fractions:
+            for policy in args.policies.split(","):
+                key = {"kind": "cnn", "policy": policy, "labels": fraction, "seed": seed}
+                store.run(key, lambda p=policy, f=fraction, s=seed: run(
+                    ["train", "--data", "spoken-words", "--augment", p, "--width", "16", "--labels", f,
+                     "--seed", str(s)], work / f"cnn-{p}-{f}-s{s}"))
+
+
+if __name__ == "__main__":
+    main()
