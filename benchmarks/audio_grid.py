@@ -6,7 +6,7 @@ process through `fewlabel.cli.main` and read back from its `metrics.json`; finis
     FEWLABEL_DATA=../shared/data python benchmarks/audio_grid.py --work /tmp/audio-grid \\
         --json benchmarks/results/audio_grid.json
 
-Cells run seed by seed (all of seed 0 first), so a partial run still gives complete rows for its first seeds. The
+Cells run most informative first (see ``main``), so a partial run still answers the main questions. The
 pretraining is one run (seed 0) continued in stages (`--pretrain-epochs 10,30`: 10 epochs, probes, then resumed to
 30), and every seed's probe and fine-tuning start from its final export: seeds vary the labelled subset and the
 head/fine-tuning, not the pretraining.
@@ -89,6 +89,9 @@ def main() -> None:
     store.data["command"] = " ".join(sys.argv)
     export = pretrain_stages(store, work, [int(e) for e in args.pretrain_epochs.split(",")], args.pretrain_batch)
     fractions = args.fractions.split(",")
+    policies = args.policies.split(",")
+    # Most informative first, so a run cut short still answers the questions: wav2vec 2.0 at every
+    # fraction and seed, then the best policy's CNN, then the other policies at 10%, then the rest.
     for seed in range(args.seeds):
         for fraction in fractions:
             for protocol in ("linear", "finetune"):
@@ -100,13 +103,15 @@ def main() -> None:
                     cmd = ["finetune", "--backbone", str(export), "--strategy", "finetune", "--data", "spoken-words"]
                 store.run(key, lambda c=cmd, f=fraction, s=seed, o=out: run(
                     [*c, "--labels", f, "--seed", str(s)], o))
-        for fraction in fractions:
-            for policy in args.policies.split(","):
-                key = {"kind": "cnn", "policy": policy, "labels": fraction, "seed": seed}
-                store.run(key, lambda p=policy, f=fraction, s=seed: run(
-                    ["train", "--data", "spoken-words", "--augment", p, "--width", "16", "--labels", f,
-                     "--seed", str(s)], work / f"cnn-{p}-{f}-s{s}"))
-
+    order = [(p, f) for p in policies[1:2] for f in fractions]
+    order += [(p, "0.1") for p in policies if (p, "0.1") not in order and "0.1" in fractions]
+    order += [(p, f) for p in policies for f in fractions if (p, f) not in order]
+    for policy, fraction in order:
+        for seed in range(args.seeds):
+            key = {"kind": "cnn", "policy": policy, "labels": fraction, "seed": seed}
+            store.run(key, lambda p=policy, f=fraction, s=seed: run(
+                ["train", "--data", "spoken-words", "--augment", p, "--width", "16", "--labels", f,
+                 "--seed", str(s)], work / f"cnn-{p}-{f}-s{s}"))
 
 if __name__ == "__main__":
     main()

@@ -302,6 +302,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                             full_validation=args.full_validation, image_size=args.image_size,
                             cache_images=args.cache_images, skip_bad=args.skip_bad, trainable=trainable,
                             layer_decay=args.layer_decay, l2sp=args.l2sp, head=args.head,
+                            lp_ft=not args.no_lp_ft, bn=args.bn,
+                            lr_sweep=args.lr_sweep if args.lr_sweep is not None else (1 if args.lr is not None else 3),
                             text_pooling=args.text_pooling, audio_layer=args.audio_layer, augment=args.augment,
                             optim=optim, budget=budget,
                             out=args.out, runs_dir=args.runs_dir)
@@ -309,6 +311,10 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     m = result.metrics
     head = f", logistic regression C={m['probe_c']:g}" if "probe_c" in m else ""
     pooling = f", {m['text_pooling']} pooling" if "text_pooling" in m else ""
+    if "lr_sweep" in m:
+        pooling += f", lr {m['lr_sweep']['chosen_lr']:g} chosen on validation"
+    if m.get("kept") == "linear probe":
+        pooling += ", kept the linear probe: fine-tuning scored lower on validation"
     print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({args.strategy}{head}{pooling}, "
           f"{m['split']['labelled']} labelled, {m['train_seconds']:.1f} s)  run: {result.run_dir}")
     return 0
@@ -475,6 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--head", default="logreg", choices=["logreg", "linear"],
                     help="feature-extract: logistic regression with C chosen by cross-validation (default), or a "
                     "linear head trained with AdamW on the best validation epoch")
+    ft.add_argument("--no-lp-ft", action="store_true",
+                    help="finetune/partial: start from a random head instead of LP-FT (the logistic-regression probe "
+                    "first, then fine-tuning from it; the run keeps the probe if fine-tuning scores lower on "
+                    "validation)")
+    ft.add_argument("--bn", default="auto", choices=["auto", "train", "frozen", "frozen-affine"],
+                    help="finetune/partial: BatchNorm layers of the backbone: frozen keeps their running statistics "
+                    "(eval mode), frozen-affine their weights too, train updates them; auto (default): frozen "
+                    "when the batch is under 32 or fewer than 1,000 examples are labelled")
+    ft.add_argument("--lr-sweep", type=int, default=None,
+                    help="finetune/partial: learning rates tried on the first 12%% of the run (lr/3, lr, 3 lr for "
+                    "3); the best on validation continues (default 3, or 1 = no sweep when --lr is given)")
     ft.add_argument("--text-pooling", default="auto", choices=["auto", "mean", "cls", "pooler", "mean-last4"],
                     help="text: one embedding per text from the token states: mask-aware mean, [CLS], BERT's pooler, "
                     "or the means of the last four layers concatenated; auto (default): mean-last4 for "

@@ -22,11 +22,11 @@ import yaml
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import OptimConfig
-from fewlabel.engine.fit import Budget, fit_classifier, save_classifier
+from fewlabel.engine.fit import Budget, fit_classifier, save_classifier, sweep_rates
 from fewlabel.engine.run import RunFolder, prepare_split
 from fewlabel.engine.trainer import run_device
 from fewlabel.errors import FewlabelError
-from fewlabel.evaluate.frozen import fit_frozen_classifier, frozen_features
+from fewlabel.evaluate.frozen import fit_frozen_classifier, frozen_features, linear_probe_start
 from fewlabel.evaluate.probes import accuracy, knn_predict, representation_health
 from fewlabel.modalities import LoadedBackbone, Modality, modality_of
 from fewlabel.models.export import EXPORT_META
@@ -229,11 +229,16 @@ def _finetune(modality: Modality, loaded: LoadedBackbone, split: LabelSplit, req
     try:
         run.save_split(split)
         run.write_config({"command": "evaluate", **asdict(config), "optim": asdict(optim)})
+        # LP-FT, as `finetune` does: the probe first, a learning-rate sweep, never below the probe on validation.
+        start = linear_probe_start(model, loaded, split, request, seed, accelerator=config.budget.accelerator)
         metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run, seed=seed,
                                  model_meta=_meta(modality, loaded, config, "finetune"),
-                                 train_collate=loaded.collate, eval_collate=loaded.collate)
+                                 train_collate=loaded.collate, eval_collate=loaded.collate,
+                                 lr_sweep=sweep_rates(optim.lr, 3), starting_point=start,
+                                 extra_metrics={"lp_seconds": start.metrics["train_seconds"]})
     finally:
         run.detach_log(handler)
-    return {"protocol": "finetune", "test_accuracy": metrics["test_accuracy"], "labelled": metrics["split"]["labelled"],
+    return {"protocol": "finetune", "test_accuracy": metrics["test_accuracy"], "kept": metrics["kept"],
+            "labelled": metrics["split"]["labelled"],
             "test": metrics["split"]["test"], "seconds": metrics["train_seconds"], "backbone": str(config.backbone),
             "dataset": dataset.name, "labels": str(request), "run_dir": str(run.path)}

@@ -20,15 +20,23 @@ import torch
 from fewlabel.data.registry import load_dataset
 from fewlabel.data.splits import LabelRequest
 from fewlabel.engine.classification import OptimConfig
-from fewlabel.engine.fit import Budget, fit_classifier, save_classifier
+from fewlabel.engine.data import auto_batch_size
+from fewlabel.engine.fit import Budget, fit_classifier, save_classifier, sweep_rates
 from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult, prepare_split
 from fewlabel.engine.trainer import run_device
 from fewlabel.errors import FewlabelError
-from fewlabel.evaluate.frozen import HEADS, fit_frozen_classifier, frozen_features
+from fewlabel.evaluate.frozen import HEADS, fit_frozen_classifier, frozen_features, linear_probe_start
 from fewlabel.evaluate.probes import accuracy, knn_predict
 from fewlabel.modalities import modality_of
 from fewlabel.transfer.logme import logme_score
-from fewlabel.transfer.strategies import STRATEGIES, apply_strategy, describe_groups
+from fewlabel.transfer.strategies import (
+    BN_POLICIES,
+    STRATEGIES,
+    apply_bn_policy,
+    apply_strategy,
+    describe_groups,
+    resolve_bn_policy,
+)
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -65,6 +73,12 @@ class TransferConfig:
     text_pooling: str = "auto"
     audio_layer: str = "last"  # audio encoders: last | a layer index | weighted (learned sum of all layers)
     head: str = "logreg"  # feature-extract only: logreg (C by cross-validation) | linear (AdamW, best val epoch)
+    # finetune/partial: LP-FT (Kumar et al. 2022): fit the head as feature-extract does, then fine-tune from it;
+    # the run never returns a model below that probe on validation.
+    lp_ft: bool = True
+    bn: str = "auto"  # auto | train | frozen | frozen-affine (BatchNorm layers of the backbone)
+    lr_sweep: int = 3  # learning rates tried (lr/3, lr, 3 lr) on the first part of the run; 1 = no sweep
+    sweep_fraction: float = 0.12
     augment: str | None = None  # finetune/partial; None: the modality's default (images: standard; text: none)
     optim: OptimConfig | None = None
     budget: Budget = field(default_factory=lambda: TRANSFER_BUDGET)
@@ -78,6 +92,11 @@ def finetune(config: TransferConfig) -> RunResult:
         raise FewlabelError(f"unknown strategy '{config.strategy}'; choose one of {', '.join(STRATEGIES)}")
     if config.head not in HEADS:
         raise FewlabelError(f"--head {config.head!r}: choose logreg or linear")
+    if config.bn not in BN_POLICIES:
+        raise FewlabelError(f"--bn {config.bn!r}: choose one of {', '.join(BN_POLICIES)}")
+    if config.lr_sweep < 1 or not 0.0 < config.sweep_fraction < 1.0:
+        raise FewlabelError(f"--lr-sweep {config.lr_sweep} / sweep fraction {config.sweep_fraction} are impossible; "
+                            "give --lr-sweep 1 (off) or more, and a fraction in (0, 1)")
     request = LabelRequest.parse(config.labels)
     dataset = load_dataset(config.data, config.data_dir, config.columns, skip_bad=config.skip_bad)
     split = prepare_split(dataset, config.seed, config.split)
@@ -93,6 +112,14 @@ def finetune(config: TransferConfig) -> RunResult:
     model = modality.classifier(backbone, dataset)
     plan = apply_strategy(model, config.strategy, list(config.trainable), config.layer_decay, config.l2sp)
     optim = config.optim or STRATEGY_OPTIM[config.strategy]
+    trains = config.strategy != "feature-extract"
+    if trains:
+        labelled = len(split.labelled(request, dataset.labels))
+        batch = config.budget.batch_size or auto_batch_size(labelled, maximum=config.budget.max_batch_size)
+        bn_policy, bn_reason = resolve_bn_policy(config.bn, batch, labelled)
+        layers = apply_bn_policy(model, plan, bn_policy)
+        plan.record["batchnorm"] = bn_policy if layers else "none in this backbone"
+        plan.record["batchnorm_reason"] = bn_reason if layers else "the backbone has no BatchNorm layers"
     # Built before the run folder: a policy that does not fit the data is an error that leaves nothing behind.
     policy = modality.augmentation(config.augment, dataset, config.seed) if config.strategy != "feature-extract" \
         else None
@@ -108,6 +135,8 @@ def finetune(config: TransferConfig) -> RunResult:
                           "backbone_stages": backbone.stages, "transfer": plan.record, "param_groups": groups})
         log.info("%s of %s: %d trainable / %d frozen parameters", config.strategy, backbone.name,
                  plan.record["trainable_parameters"], plan.record["frozen_parameters"])
+        if trains:
+            log.info("BatchNorm: %s (%s)", plan.record["batchnorm"], plan.record["batchnorm_reason"])
         if "trainable_default" in plan.record:
             log.info("partial without --trainable: the default %s trains %s", plan.record["trainable_default"],
                      ", ".join(plan.record["trainable_stages"]))
@@ -128,11 +157,17 @@ def finetune(config: TransferConfig) -> RunResult:
             run.write_metrics(metrics)
         else:
             assert policy is not None
+            start = linear_probe_start(model, loaded, split, request, config.seed, config.full_validation,
+                                       config.budget.accelerator) if config.lp_ft else None
+            if start is not None:
+                extra["lp_seconds"] = start.metrics["train_seconds"]
+            rates = sweep_rates(optim.lr, config.lr_sweep)
             metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run,
                                      seed=config.seed, param_groups=plan.param_groups,
                                      frozen_eval_modules=plan.frozen_eval_modules, regularizer=plan.regularizer,
                                      full_validation=config.full_validation, extra_metrics=extra,
-                                     model_meta=meta, train_collate=loaded.collate, eval_collate=loaded.collate)
+                                     model_meta=meta, train_collate=loaded.collate, eval_collate=loaded.collate,
+                                     lr_sweep=rates, sweep_fraction=config.sweep_fraction, starting_point=start)
         log.info("test accuracy %.4f (macro-F1 %.4f)", metrics["test_accuracy"], metrics["macro_f1"])
     finally:
         run.detach_log(handler)

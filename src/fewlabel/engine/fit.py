@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,7 +25,7 @@ from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.engine.classification import ClassificationModule, OptimConfig
 from fewlabel.engine.data import IndexedSamples, auto_batch_size, default_workers, make_loader
 from fewlabel.engine.run import LOGGER_NAME, RunFolder, atomic_path, atomic_write
-from fewlabel.engine.trainer import EarlyStoppingAfterLearning, build_trainer
+from fewlabel.engine.trainer import EarlyStoppingAfterLearning, StopAfterEpochs, build_trainer
 from fewlabel.modalities import modality_of
 
 log = logging.getLogger(LOGGER_NAME)
@@ -69,6 +72,68 @@ class Budget:
         return cap if cap < steps_per_epoch else None
 
 
+@dataclass(frozen=True)
+class StartingPoint:
+    """What a run starts from and must not end below: LP-FT's linear probe (its name, validation accuracy on the
+    run's validation split, the whole classifier's weights, and its own metrics for the record)."""
+
+    name: str
+    val_accuracy: float
+    state: dict[str, torch.Tensor]
+    metrics: dict[str, Any]
+
+
+def sweep_rates(lr: float, count: int) -> tuple[float, ...]:
+    """``count`` learning rates around ``lr`` on a factor-3 grid (3: lr/3, lr, 3 lr); one rate: no sweep."""
+    if count <= 1:
+        return ()
+    low = -(count // 2) if count % 2 else -(count // 2) + 1
+    return tuple(float(f"{lr * 3.0 ** (low + i):.3g}") for i in range(count))
+
+
+def trial_epochs(epochs: int, val_every: int, fraction: float) -> int:
+    """Epochs of one learning-rate trial: ``fraction`` of the run, a whole number of validation intervals."""
+    intervals = max(1, round(fraction * epochs / val_every))
+    return min(epochs, intervals * val_every)
+
+
+def sweep_learning_rates(model: nn.Module, module_with: Callable[[float], ClassificationModule],
+                         trainer_for: Callable[..., L.Trainer], rates: Sequence[float], default_lr: float,
+                         epochs: int, run: RunFolder, train_loader: Any, val_loader: Any, seed: int
+                         ) -> dict[str, Any]:
+    """Train the first ``epochs`` of the run at each rate from the same weights; pick the best validation score
+    (ties: the rate closest to ``default_lr``). Returns the record and the winner's last checkpoint; the losers'
+    checkpoints are deleted, and ``model`` is back at its starting weights."""
+    start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    trials = []
+    for rate in rates:
+        model.load_state_dict(start)
+        L.seed_everything(seed, workers=True, verbose=False)
+        folder = run.checkpoints / f"sweep-lr{rate:g}"
+        began = time.perf_counter()
+        trainer = trainer_for(folder, stop_after=epochs)
+        trainer.fit(module_with(rate), train_loader, val_loader)
+        score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+        # Lightning's last.ckpt is a copy of the last *best* checkpoint; the trial continues from where it ended.
+        end = folder / "trial-end.ckpt"
+        trainer.save_checkpoint(end)
+        trials.append({"lr": rate, "val_accuracy": float(score) if score is not None else float("-inf"),
+                       "seconds": round(time.perf_counter() - began, 3), "checkpoint": str(end)})
+        log.info("learning-rate trial %g: %.4f validation accuracy after %d epochs", rate, trials[-1]["val_accuracy"],
+                 epochs)
+    winner = max(trials, key=lambda t: (t["val_accuracy"], -abs(math.log(t["lr"] / default_lr))))
+    for trial in trials:
+        if trial is not winner:
+            shutil.rmtree(Path(trial["checkpoint"]).parent, ignore_errors=True)
+    model.load_state_dict(start)
+    log.info("learning rate %g chosen on validation (%s); it continues from its trial", winner["lr"],
+             ", ".join(f"{t['lr']:g}: {t['val_accuracy']:.4f}" for t in trials))
+    return {"rates": [t["lr"] for t in trials], "trial_epochs": epochs, "chosen_lr": winner["lr"],
+            "trials": [{k: v for k, v in t.items() if k != "checkpoint"} for t in trials],
+            "extra_seconds": round(sum(t["seconds"] for t in trials if t is not winner), 3),
+            "checkpoint": winner["checkpoint"]}
+
+
 def count_parameters(model: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -93,9 +158,16 @@ def fit_classifier(
     extra_metrics: dict[str, Any] | None = None,
     train_collate: Callable | None = None,
     eval_collate: Callable | None = None,
+    lr_sweep: Sequence[float] = (),
+    sweep_fraction: float = 0.12,
+    starting_point: StartingPoint | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on the labelled subset of ``split``, keep the best validation epoch, test it.
 
+    ``lr_sweep`` (two or more learning rates): each trains the first ``sweep_fraction`` of the run from the same
+    start, the best on validation continues from its checkpoint (the others' steps are the sweep's cost).
+    ``starting_point``: a model the run must not return worse than on validation (LP-FT's linear probe); when the
+    best trained epoch scores below it, the run keeps and tests the starting point instead.
     Returns the metrics (also written to ``run/metrics.json``) and saves ``model.safetensors``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
@@ -131,23 +203,39 @@ def fit_classifier(
     if modality.channels_last:  # convolutions: channels-last kernels are faster on CPUs and GPUs
         model = model.to(memory_format=torch.channels_last)
     model.train()  # Hugging Face's from_pretrained returns eval mode (dropout off); Lightning keeps modes as found
-    module = ClassificationModule(model, dataset.num_classes, optim, policy.batch_transform, param_groups,
-                                  frozen_eval_modules, regularizer)
-    # Patience counts only once the training loss is clearly below chance, ln(classes): a network that has not
-    # started learning yet (hard augmentation, few labels) is not stopped at chance.
-    trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=max(2, patience // val_every),
-                            stop_armed_below=CHANCE_MARGIN * math.log(max(2, dataset.num_classes)),
-                            check_val_every_n_epoch=val_every,
-                            accelerator=budget.accelerator, devices=budget.devices, num_nodes=budget.num_nodes,
-                            precision=budget.precision, max_minutes=budget.max_minutes, progress=budget.progress,
-                            **({"limit_train_batches": batches_per_epoch} if batches_per_epoch else {}))
+
+    def module_with(lr: float) -> ClassificationModule:
+        return ClassificationModule(model, dataset.num_classes, dataclasses.replace(optim, lr=lr),
+                                    policy.batch_transform, param_groups, frozen_eval_modules, regularizer)
+
+    def trainer_for(checkpoint_dir: Path | None = None, stop_after: int | None = None) -> L.Trainer:
+        # Patience counts only once the training loss is clearly below chance, ln(classes): a network that has
+        # not started learning yet (hard augmentation, few labels) is not stopped at chance.
+        return build_trainer(run, max_epochs=epochs, monitor="val_acc", patience=max(2, patience // val_every),
+                             stop_armed_below=CHANCE_MARGIN * math.log(max(2, dataset.num_classes)),
+                             check_val_every_n_epoch=val_every, checkpoint_dir=checkpoint_dir,
+                             extra_callbacks=[StopAfterEpochs(stop_after)] if stop_after else None,
+                             accelerator=budget.accelerator, devices=budget.devices, num_nodes=budget.num_nodes,
+                             precision=budget.precision, max_minutes=budget.max_minutes, progress=budget.progress,
+                             **({"limit_train_batches": batches_per_epoch} if batches_per_epoch else {}))
+
     sizes = {"labelled": len(train_idx), "unlabelled": len(split.unlabelled(request, labels)),
              "val": len(val_idx), "test": len(test_idx)}
     log.info("training on %d labelled examples (%s), batch %d, up to %d epochs%s, %d workers",
              len(train_idx), request, batch_size, epochs,
              f" of {batches_per_epoch} random batches" if batches_per_epoch else "", workers)
     started = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
+    sweep: dict[str, Any] | None = None
+    resume_from, checkpoint_dir, lr = None, None, optim.lr
+    if len(lr_sweep) > 1:
+        sweep = sweep_learning_rates(model, module_with, trainer_for, lr_sweep, optim.lr,
+                                     trial_epochs(epochs, val_every, sweep_fraction), run,
+                                     train_loader, val_loader, seed)
+        lr, resume_from = sweep["chosen_lr"], sweep.pop("checkpoint")
+        checkpoint_dir = Path(resume_from).parent
+    module = module_with(lr)
+    trainer = trainer_for(checkpoint_dir)
+    trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from)
     train_seconds = time.perf_counter() - started
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best_score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
@@ -155,6 +243,26 @@ def fit_classifier(
     results = module.test_results
     epochs_run = trainer.current_epoch
     stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStoppingAfterLearning)), None)
+    kept: dict[str, Any] = {}
+    if starting_point is not None:
+        tuned_val = float(best_score) if best_score is not None else float("-inf")
+        kept = {"kept": "fine-tuned", "start_val_accuracy": starting_point.val_accuracy,
+                "tuned_val_accuracy": tuned_val if best_score is not None else None,
+                "tuned_test_accuracy": results["test_accuracy"], "start": starting_point.metrics}
+        if tuned_val < starting_point.val_accuracy:
+            # Never return a model worse (on validation) than the run's own starting point: keep the probe.
+            model.load_state_dict(starting_point.state)
+            trainer.test(module, test_loader, ckpt_path=None, verbose=False)
+            results = module.test_results
+            best_score = starting_point.val_accuracy
+            kept["kept"] = starting_point.name
+            log.info("fine-tuning reached %.4f validation accuracy, below the %s's %.4f: the run keeps the %s "
+                     "(test %.4f; fine-tuned would have scored %.4f)", tuned_val, starting_point.name,
+                     starting_point.val_accuracy, starting_point.name, results["test_accuracy"],
+                     kept["tuned_test_accuracy"])
+        else:
+            log.info("fine-tuning reached %.4f validation accuracy (the %s: %.4f): the run keeps the fine-tuned "
+                     "model", tuned_val, starting_point.name, starting_point.val_accuracy)
 
     metrics: dict[str, Any] = {
         "test_accuracy": results["test_accuracy"],
@@ -173,6 +281,8 @@ def fit_classifier(
         "split": {"seed": split.seed, "labels": str(request), **sizes},
         "optim": asdict(optim),
         "device": str(trainer.strategy.root_device),
+        **({"lr_sweep": sweep} if sweep else {}),
+        **kept,
         **(extra_metrics or {}),
     }
     if trainer.is_global_zero:

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -88,6 +89,18 @@ class EarlyStoppingAfterLearning(EarlyStopping):
         state = dict(state_dict)
         self.armed_at_epoch = state.pop("armed_at_epoch", None)
         super().load_state_dict(state)
+
+
+class StopAfterEpochs(Callback):
+    """Ends a fit after ``epochs`` epochs while its schedule (and ``max_epochs``) stay those of the full run: a
+    learning-rate trial is the first part of the run it may become, continued from its last checkpoint."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch + 1 >= self.epochs:
+            trainer.should_stop = True
 
 
 class EpochLog(Callback):
@@ -231,6 +244,7 @@ def build_trainer(
     progress: bool | None = None,
     extra_callbacks: list[Callback] | None = None,
     stop_armed_below: float | None = None,
+    checkpoint_dir: Path | None = None,
     **kwargs: Any,
 ) -> Trainer:
     """``stop_armed_below``: a training loss (e.g. 0.9 ln(classes)) above which early stopping does not count
@@ -238,7 +252,8 @@ def build_trainer(
     marker = InterruptMarker(run)
     callbacks: list[Callback] = [EpochLog(), marker]
     if monitor is not None:
-        callbacks.append(ModelCheckpoint(dirpath=run.checkpoints, filename="best-{epoch}", monitor=monitor,
+        callbacks.append(ModelCheckpoint(dirpath=checkpoint_dir or run.checkpoints, filename="best-{epoch}",
+                                         monitor=monitor,
                                          mode="max", save_top_k=1, save_last=True))
         if patience is not None and stop_armed_below is not None:
             callbacks.append(EarlyStoppingAfterLearning(monitor, patience, stop_armed_below))
@@ -253,6 +268,9 @@ def build_trainer(
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*too few batches in the training set.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+    # Frozen BatchNorm layers stay in eval mode on purpose; a learning-rate trial's winner continues in its folder.
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
+    warnings.filterwarnings("ignore", ".*Checkpoint directory .*sweep-lr.* exists and is not empty.*")
     _keep_earlier_csv_log(run)
     if kwargs.get("sync_batchnorm") and device_type(accelerator) != "cuda":
         kwargs["sync_batchnorm"] = False  # torch's SyncBatchNorm runs on CUDA only (multi-process CPU runs: gloo)

@@ -6,6 +6,7 @@ probes all come through here, for every modality (the modality only says how to 
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 from sklearn.metrics import f1_score
 
+from fewlabel.engine.run import LOGGER_NAME
 from fewlabel.evaluate.feature_cache import cached_features
 from fewlabel.evaluate.probes import accuracy, fit_linear_probe, probe_as_linear
 
@@ -22,9 +24,11 @@ if TYPE_CHECKING:
 
     from fewlabel.data.splits import LabelRequest, LabelSplit
     from fewlabel.engine.classification import OptimConfig
+    from fewlabel.engine.fit import StartingPoint
     from fewlabel.modalities.base import LoadedBackbone
 
 HEADS = ("logreg", "linear")
+log = logging.getLogger(LOGGER_NAME)
 
 
 def frozen_features(loaded: LoadedBackbone, indices: np.ndarray,
@@ -129,3 +133,21 @@ def train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np.
     with torch.no_grad():
         head.weight.div_(std)
         head.bias.sub_(head.weight @ mean)
+
+
+def linear_probe_start(model: nn.Module, loaded: LoadedBackbone, split: LabelSplit, request: LabelRequest,
+                       seed: int = 0, full_validation: bool = False, accelerator: str = "auto") -> StartingPoint:
+    """LP-FT's first stage: logistic regression on the frozen features of the backbone as it will be fine-tuned
+    (same pooling and input size), copied into ``model.head`` with the scaler folded in; scored on the run's
+    validation split so the fine-tuned model can be held to it."""
+    from fewlabel.engine.fit import StartingPoint
+    from fewlabel.engine.trainer import run_device
+
+    metrics, _ = fit_frozen_classifier(model, loaded, split, request, head="logreg", seed=seed,
+                                       full_validation=full_validation, device=run_device(accelerator))
+    log.info("LP-FT: linear probe (C = %g) %.4f validation / %.4f test accuracy in %.1f s; fine-tuning starts "
+             "from it", metrics["probe_c"], metrics["best_val_accuracy"], metrics["test_accuracy"],
+             metrics["train_seconds"])
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    record = {k: metrics[k] for k in ("test_accuracy", "macro_f1", "best_val_accuracy", "probe_c", "train_seconds")}
+    return StartingPoint("linear probe", float(metrics["best_val_accuracy"]), state, record)

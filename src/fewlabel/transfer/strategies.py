@@ -180,6 +180,47 @@ def apply_strategy(
     return TransferPlan(strategy, groups, _frozen_norms(model), record, regularizer)
 
 
+BN_POLICIES = ("auto", "train", "frozen", "frozen-affine")
+# ``--bn auto`` keeps BatchNorm frozen when a batch is this small or the labelled set this small: batch statistics
+# of a few examples are noisy, and a few hundred images cannot re-estimate ImageNet's running statistics.
+BN_AUTO_MIN_BATCH = 32
+BN_AUTO_MIN_LABELLED = 1000
+
+
+def batchnorm_layers(model: Classifier) -> list[nn.Module]:
+    return [m for m in model.backbone.modules() if isinstance(m, _NORM_TYPES)]
+
+
+def resolve_bn_policy(policy: str, batch_size: int, labelled: int) -> tuple[str, str]:
+    """(``train`` | ``frozen`` | ``frozen-affine``, why) for ``--bn``; ``auto`` decides from the batch size and the
+    number of labelled examples."""
+    if policy not in BN_POLICIES:
+        raise FewlabelError(f"--bn {policy!r}: choose one of {', '.join(BN_POLICIES)}")
+    if policy != "auto":
+        return policy, "chosen with --bn"
+    if batch_size < BN_AUTO_MIN_BATCH or labelled < BN_AUTO_MIN_LABELLED:
+        return "frozen", (f"auto: batch {batch_size} < {BN_AUTO_MIN_BATCH} or {labelled} labelled < "
+                          f"{BN_AUTO_MIN_LABELLED}, so the pretrained statistics are kept")
+    return "train", f"auto: batch {batch_size} and {labelled} labelled examples are enough to re-estimate them"
+
+
+def apply_bn_policy(model: Classifier, plan: TransferPlan, policy: str) -> int:
+    """Keep every BatchNorm layer of the backbone in eval mode (``frozen``: running statistics unchanged, affine
+    parameters train; ``frozen-affine``: those too are fixed); ``train`` leaves the strategy's choice. Returns
+    the number of BatchNorm layers affected."""
+    layers = batchnorm_layers(model)
+    if policy == "train" or not layers:
+        return 0
+    for layer in layers:
+        if layer not in plan.frozen_eval_modules:
+            plan.frozen_eval_modules.append(layer)
+        if policy == "frozen-affine":
+            for param in layer.parameters(recurse=False):
+                param.requires_grad_(False)
+    plan.record["batchnorm"] = policy
+    return len(layers)
+
+
 def describe_groups(groups: list[dict[str, Any]], base_lr: float) -> list[dict[str, Any]]:
     """Per-group summary for the run folder: name, parameter count, learning rate."""
     return [{"name": g.get("name", str(i)), "parameters": sum(p.numel() for p in g["params"]),

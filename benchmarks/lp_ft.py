@@ -1,0 +1,96 @@
+"""Issue 16's table: transfer strategies before and after LP-FT / BatchNorm policy / learning-rate sweep, over seeds.
+
+    FEWLABEL_DATA=../shared/data python benchmarks/lp_ft.py --data digits --fractions 0.05,0.1,0.2,1.0 --seeds 3 \\
+        --json benchmarks/results/lp_ft.json
+
+Every cell is a `fewlabel finetune` command run in this process (`fewlabel.cli.main`), read back from its
+`metrics.json`; finished cells are never rerun. "before" is the recipe as it was before issue 16, reproduced with
+flags of the current code (`--no-lp-ft --bn train --lr-sweep 1`: a random head, BatchNorm statistics updated
+except in `partial`'s frozen stages, the strategy's default learning rate); "after" is the default. Both use the
+current early stopping (patience counts once the training loss leaves chance). `feature-extract` is the reference
+each fine-tuned cell must not fall below.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cells import CellStore
+
+from fewlabel.cli import main as fewlabel
+
+BACKBONE = {"digits": "efficientnet_lite0", "fashion-mnist": "efficientnet_lite0", "rotten-tomatoes": "minilm"}
+VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after": []}
+T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}
+
+
+def cell(data: str, fraction: str, seed: int, strategy: str, variant: str, work: Path) -> dict:
+    out = work / f"{data}-{fraction}-{strategy}-{variant}-s{seed}"
+    args = ["finetune", "--backbone", BACKBONE[data], "--strategy", strategy, "--data", data, "--labels", fraction,
+            "--seed", str(seed), *VARIANTS.get(variant, [])]
+    started = time.perf_counter()
+    if fewlabel(["-q", *args, "--out", str(out)]) != 0:
+        raise RuntimeError(f"fewlabel {' '.join(args)} failed")
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    sweep = m.get("lr_sweep") or {}
+    return {"command": "fewlabel " + " ".join(args), "wall_seconds": round(time.perf_counter() - started, 1),
+            "test_accuracy": m["test_accuracy"], "macro_f1": m["macro_f1"], "kept": m.get("kept"),
+            "best_val_accuracy": m.get("best_val_accuracy"), "tuned_test_accuracy": m.get("tuned_test_accuracy"),
+            "train_seconds": m["train_seconds"], "lp_seconds": m.get("lp_seconds"),
+            "sweep_extra_seconds": sweep.get("extra_seconds"), "chosen_lr": sweep.get("chosen_lr"),
+            "batchnorm": (m.get("transfer") or {}).get("batchnorm"), "epochs_run": m.get("epochs_run")}
+
+
+def summarise(store: CellStore) -> None:
+    rows: dict[tuple, list[float]] = {}
+    for c in store.data["cells"]:
+        rows.setdefault((c["data"], c["labels"], c["strategy"], c["variant"]), []).append(100 * c["test_accuracy"])
+    print("| data | labels | strategy | variant | mean ± 95% CI | seeds |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for (data, labels, strategy, variant), accs in sorted(rows.items()):
+        ci = T95.get(len(accs), 2.0) * statistics.stdev(accs) / math.sqrt(len(accs)) if len(accs) > 1 else float("nan")
+        print(f"| {data} | {labels} | {strategy} | {variant} | {statistics.mean(accs):.2f} ± {ci:.2f} | "
+              f"{' / '.join(f'{a:.1f}' for a in accs)} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--fractions", default="0.05,0.1,0.2,1.0")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--strategies", default="finetune,partial")
+    parser.add_argument("--json", default="benchmarks/results/lp_ft.json")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--summary", action="store_true", help="print the table of the stored cells and exit")
+    args = parser.parse_args()
+    store = CellStore(args.json)
+    if args.summary:
+        summarise(store)
+        return
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        for fraction in args.fractions.split(","):
+            for seed in range(args.seeds):
+                key = {"data": args.data, "labels": fraction, "seed": seed}
+                store.run({**key, "strategy": "feature-extract", "variant": "reference"},
+                          lambda f=fraction, s=seed: cell(args.data, f, s, "feature-extract", "reference", Path(tmp)))
+                for strategy in args.strategies.split(","):
+                    for variant in VARIANTS:
+                        store.run({**key, "strategy": strategy, "variant": variant},
+                                  lambda f=fraction, s=seed, st=strategy, v=variant: cell(
+                                      args.data, f, s, st, v, Path(tmp)))
+    summarise(store)
+
+
+if __name__ == "__main__":
+    main()

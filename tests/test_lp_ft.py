@@ -1,0 +1,145 @@
+"""Fine-tuning that never loses to its own linear probe: LP-FT's probe stage, the BatchNorm policy, the
+learning-rate sweep that continues its winner, and the fallback to the probe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fewlabel.cli import main
+from fewlabel.data import load_dataset
+from fewlabel.data.splits import LabelRequest, LabelSplit, make_split
+from fewlabel.engine.classification import ClassificationModule, OptimConfig
+from fewlabel.engine.fit import sweep_rates, trial_epochs
+from fewlabel.evaluate.frozen import frozen_features, linear_probe_start
+from fewlabel.evaluate.probes import fit_linear_probe, probe_as_linear
+from fewlabel.modalities import modality_of
+from fewlabel.modalities.image import prepare_backbone
+from fewlabel.models import BackboneSpec, Classifier, create_backbone
+from fewlabel.models.export import save_backbone
+from fewlabel.transfer import apply_strategy
+from fewlabel.transfer.strategies import apply_bn_policy, batchnorm_layers, resolve_bn_policy
+
+
+@pytest.fixture
+def tiny_export(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet_small", in_chans=1, width=8)
+    save_backbone(backbone, BackboneSpec(name="resnet_small", in_chans=1, width=8), tmp_path / "pre" / "export",
+                  method="none", dataset="digits")
+    return tmp_path / "pre"
+
+
+def test_head_after_the_probe_stage_is_the_probe(tiny_export: Path) -> None:
+    """The head LP-FT starts from is the logistic-regression probe with its scaler folded in: the same
+    weights as fitting the probe by hand on the same frozen features."""
+    dataset = load_dataset("digits")
+    modality = modality_of(dataset)
+    loaded = modality.load_backbone(str(tiny_export), dataset, {"image_size": 8, "frozen": False})
+    model = modality.classifier(loaded.backbone, loaded.dataset)
+    split = make_split(loaded.dataset, seed=0)
+    request = LabelRequest.parse("0.2")
+    start = linear_probe_start(model, loaded, split, request, seed=0)
+
+    train_idx = split.labelled(request, loaded.dataset.labels)
+    features, _ = frozen_features(loaded, train_idx)
+    probe = fit_linear_probe(features.numpy(), loaded.dataset.labels[train_idx], seed=0)
+    weight, bias = probe_as_linear(probe, dataset.num_classes)
+    assert torch.allclose(model.head.weight, weight.to(model.head.weight.dtype), atol=1e-6)
+    assert torch.allclose(model.head.bias, bias.to(model.head.bias.dtype), atol=1e-6)
+    assert start.metrics["probe_c"] == probe[-1].C
+    assert torch.equal(start.state["head.weight"], model.head.weight.detach())
+    # Its validation score is measured on the run's validation split (what fine-tuning is held to).
+    assert 0.0 < start.val_accuracy <= 1.0
+
+
+def _bn_model() -> Classifier:
+    torch.manual_seed(0)
+    return Classifier(create_backbone("resnet_small", in_chans=1, width=8), num_classes=3, data_channels=1)
+
+
+def _one_step(model: Classifier, frozen: list[torch.nn.Module]) -> None:
+    module = ClassificationModule(model, 3, OptimConfig(optimizer="sgd", lr=0.5), frozen_eval_modules=frozen)
+    model.train()
+    module.on_train_epoch_start()
+    x, y = torch.randn(8, 1, 8, 8) * 3 + 1, torch.randint(0, 3, (8,))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize("policy", ["frozen", "frozen-affine", "train"])
+def test_batchnorm_policy(policy: str) -> None:
+    model = _bn_model()
+    plan = apply_strategy(model, "finetune", layer_decay=1.0)
+    assert apply_bn_policy(model, plan, policy) == (0 if policy == "train" else len(batchnorm_layers(model)))
+    layer = batchnorm_layers(model)[0]
+    stats = layer.running_mean.clone(), layer.running_var.clone()
+    affine = layer.weight.detach().clone()
+    _one_step(model, plan.frozen_eval_modules)
+    unchanged_stats = torch.equal(layer.running_mean, stats[0]) and torch.equal(layer.running_var, stats[1])
+    assert unchanged_stats == (policy != "train")
+    assert torch.equal(layer.weight.detach(), affine) == (policy == "frozen-affine")
+
+
+def test_auto_batchnorm_policy_decides_from_batch_and_labels() -> None:
+    assert resolve_bn_policy("auto", 16, 5000)[0] == "frozen"
+    assert resolve_bn_policy("auto", 64, 129)[0] == "frozen"
+    assert resolve_bn_policy("auto", 64, 5400)[0] == "train"
+    assert resolve_bn_policy("train", 8, 10) == ("train", "chosen with --bn")
+
+
+def test_sweep_rates_and_trial_length() -> None:
+    assert sweep_rates(3e-4, 3) == (1e-4, 3e-4, 9e-4)
+    assert sweep_rates(1e-3, 1) == ()
+    assert trial_epochs(38, 1, 0.12) == 5
+    assert trial_epochs(100, 4, 0.12) == 12  # whole validation intervals
+    assert trial_epochs(3, 1, 0.12) == 1
+
+
+def test_finetune_falls_back_to_the_probe_when_fine_tuning_is_worse(tiny_export: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A learning rate that wrecks the network: the run keeps the probe it started from, says so, and saves
+    it (the saved classifier reproduces the probe's test accuracy)."""
+    out = tmp_path / "ft"
+    assert main(["-q", "finetune", "--backbone", str(tiny_export), "--strategy", "finetune", "--data", "digits",
+                 "--labels", "0.2", "--image-size", "8", "--epochs", "2", "--workers", "0", "--lr", "300",
+                 "--out", str(out)]) == 0
+    assert "kept the linear probe" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["kept"] == "linear probe" and "lr_sweep" not in metrics  # --lr given: no sweep
+    assert metrics["tuned_val_accuracy"] < metrics["start_val_accuracy"] == metrics["best_val_accuracy"]
+    assert metrics["test_accuracy"] == pytest.approx(metrics["start"]["test_accuracy"], abs=1e-6)
+    assert "keeps the linear probe" in (out / "logs" / "train.log").read_text()
+
+    dataset = load_dataset("digits")
+    model = Classifier(prepare_backbone(str(tiny_export), dataset, 8), dataset.num_classes, data_channels=1)
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    model.eval()
+    test = LabelSplit.load(out / "split.npz", dataset).test
+    with torch.no_grad():
+        predictions = model(dataset.samples[torch.as_tensor(test)]).argmax(dim=1).numpy()
+    assert float((predictions == dataset.labels[test]).mean()) == pytest.approx(metrics["test_accuracy"],
+                                                                                abs=1.5 / len(test))
+
+
+def test_learning_rate_sweep_continues_its_winner(tiny_export: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    assert main(["-q", "finetune", "--backbone", str(tiny_export), "--strategy", "partial", "--data", "digits",
+                 "--labels", "0.2", "--image-size", "8", "--epochs", "4", "--patience", "10", "--workers", "0",
+                 "--trainable", "layer3", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    sweep = metrics["lr_sweep"]
+    assert sweep["rates"] == [3.33e-4, 1e-3, 3e-3] and sweep["chosen_lr"] in sweep["rates"]
+    assert sweep["trial_epochs"] == 1 and len(sweep["trials"]) == 3
+    winner = max(sweep["trials"], key=lambda t: t["val_accuracy"])
+    assert winner["val_accuracy"] <= metrics["tuned_val_accuracy"] or metrics["kept"] == "linear probe"
+    # The winner went on from the end of its trial to the planned epochs; the losers' checkpoints are gone.
+    assert metrics["epochs_run"] == 4
+    folders = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert folders == [f"sweep-lr{sweep['chosen_lr']:g}"]
+    assert metrics["transfer"]["batchnorm"] == "frozen"  # 359 labelled: auto keeps the statistics
