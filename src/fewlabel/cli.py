@@ -314,7 +314,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     if "lr_sweep" in m:
         pooling += f", lr {m['lr_sweep']['chosen_lr']:g} chosen on validation"
     if m.get("kept") == "linear probe":
-        pooling += ", kept the linear probe: fine-tuning scored lower on validation"
+        pooling += ", kept the linear probe: fine-tuning did not beat it on validation"
     print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({args.strategy}{head}{pooling}, "
           f"{m['split']['labelled']} labelled, {m['train_seconds']:.1f} s)  run: {result.run_dir}")
     return 0
@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "linear head trained with AdamW on the best validation epoch")
     ft.add_argument("--no-lp-ft", action="store_true",
                     help="finetune/partial: start from a random head instead of LP-FT (the logistic-regression probe "
-                    "first, then fine-tuning from it; the run keeps the probe if fine-tuning scores lower on "
+                    "first, then fine-tuning from it; the run keeps the probe unless fine-tuning beats it on "
                     "validation)")
     ft.add_argument("--bn", default="auto", choices=["auto", "train", "frozen", "frozen-affine"],
                     help="finetune/partial: BatchNorm layers of the backbone: frozen keeps their running statistics "
