@@ -31,11 +31,14 @@ def test_recommendation_clear_winner_and_tie() -> None:
     clear = recommend("0.1", {"a": [0.90, 0.91, 0.92], "b": [0.70, 0.71, 0.72], "c": [0.5, 0.5, 0.5]})
     assert clear.best == "a" and clear.runner_up == "b"
     assert clear.margin == pytest.approx(0.20) and not clear.within_noise
-    assert "outside the noise" in clear.sentence()
+    assert clear.verdict == "better" and "is better than the runner-up b" in clear.sentence()
+    assert set(clear.against) == {"b", "c"} and clear.against["c"].mean == pytest.approx(0.41)
     tie = recommend("0.1", {"a": [0.80, 0.90, 0.85], "b": [0.84, 0.82, 0.83]})
     assert tie.best == "a" and tie.within_noise
+    assert "not distinguishable with 3 seeds — run more seeds" in tie.sentence()
     one_seed = recommend("0.1", {"a": [0.9], "b": [0.5]})
     assert one_seed.within_noise  # a single seed cannot separate signal from noise
+    assert "not distinguishable with 1 seed — run more seeds" in one_seed.sentence()
     alone = recommend("1.0", {"a": [0.9]})
     assert alone.runner_up is None and "only approach" in alone.sentence()
 
@@ -103,7 +106,9 @@ def test_report_from_stored_results_without_training(tmp_path: Path, capsys: pyt
     md = (tmp_path / "report.md").read_text()
     assert "| approach | needs labels? | data used |" in md
     assert "self-supervised: simclr+linear" in md and "(n=3)" in md
-    assert "**0.1 labels**" in md and "beats" in md
+    assert "**0.1 labels**" in md and "is better than the runner-up" in md
+    assert "## Paired differences against the recommended approach" in md
+    assert "| data augmentation: standard |" in md and "| transfer learning: feature-extract@efficientnet_lite0 |" in md
     assert "keeps" in md  # the 10%-of-labels retention question is answered
     page = (tmp_path / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2  # self-contained: both figures embedded
@@ -188,10 +193,10 @@ def test_time_cap_notes_name_runs_cut_short() -> None:
                record("supervised", 120.0, {"epochs_run": 13, "epochs_planned": 20}),  # early stopping, not the cap
                record("supervised", 300.0, {"epochs_run": 10, "epochs_planned": 10})]
     assert time_cap_notes(results) == [
+        "The time cap stopped data augmentation: standard at 1.0 labels after 4/10 epochs (one per seed); its "
+        "accuracy understates what it reaches with the planned budget.",
         "The time cap stopped simclr pretraining after 2/15 epochs (one per seed); its accuracy understates "
-        "what it reaches with the planned budget.",
-        "The time cap stopped supervised: standard at 1.0 labels after 4/10 epochs (one per seed); its accuracy "
-        "understates what it reaches with the planned budget."]
+        "what it reaches with the planned budget."]
 
 
 def test_stored_benchmark_grid_keeps_its_job_keys() -> None:

@@ -163,11 +163,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            approaches=tuple(x.strip() for x in args.approaches.split(",") if x.strip()),
                            budget=args.budget,
                            backbones=tuple(x.strip() for x in (args.backbones or "").split(",") if x.strip()),
-                           out=args.out, max_jobs=args.max_jobs)
+                           out=args.out, max_jobs=args.max_jobs, columns=_columns(args), skip_bad=args.skip_bad,
+                           retry_failed=args.retry_failed)
     _hide_epoch_lines()
     result = compare(config)
-    state = "complete" if result["complete"] else "partial (rerun the same command to continue)"
-    print(f"{result['ran']} runs done, {result['skipped']} reused, {state}. Report: {result['report_html']}")
+    if result["complete"]:
+        state = "complete"
+    elif result["failed"]:
+        state = f"partial: {result['failed']} failed (listed in the report; --retry-failed reruns them)"
+    else:
+        state = "partial (rerun the same command to continue)"
+    others = f", {result['by_others']} by another process" if result["by_others"] else ""
+    print(f"{result['ran']} runs done, {result['skipped']} reused{others}, {state}. Report: {result['report_html']}")
     return 0
 
 
@@ -267,7 +274,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     config = EvaluateConfig(backbone=args.backbone, protocol=args.protocol, labels=args.labels, data=args.data,
                             data_dir=args.data_dir, seed=args.seed, k=args.k, temperature=args.temperature,
                             probe_c=args.probe_c, budget=_budget(args), out=args.out, runs_dir=args.runs_dir,
-                            columns=_columns(args), prompts=tuple(args.prompts or ()), class_names=class_names)
+                            columns=_columns(args), prompts=tuple(args.prompts or ()), class_names=class_names,
+                            skip_bad=getattr(args, "skip_bad", False))
     result = evaluate_backbone(config)
     chosen = f", C={result['probe_c']:g}" if "probe_c" in result else ""
     print(f"{result['protocol']} test accuracy {result['test_accuracy']:.4f} "
@@ -400,6 +408,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pretrained backbones for transfer (default: efficientnet_lite0; minilm for text)")
     cmp_.add_argument("--out", default="compare", help="folder; rerunning resumes and reuses finished runs")
     cmp_.add_argument("--max-jobs", type=int, default=None, help="stop after this many new runs")
+    cmp_.add_argument("--retry-failed", action="store_true",
+                      help="rerun the jobs that failed in an earlier run (by default they are listed, not rerun)")
+    cmp_.add_argument("--text-column", default=None, help="text tables: column holding the text")
+    cmp_.add_argument("--label-column", default=None, help="tables: column holding the label")
+    cmp_.add_argument("--group-column", default=None,
+                      help="text tables: column whose groups never straddle train and test (e.g. movie)")
+    _add_image_column(cmp_)
+    cmp_.add_argument("--audio-column", default=None,
+                      help="audio manifests (CSV/TSV/JSONL): column holding the audio file paths")
+    cmp_.add_argument("--clip-seconds", default=None,
+                      help="audio: length every clip is centre-cropped or zero-padded to, in seconds (default 1)")
+    cmp_.add_argument("--skip-bad", action="store_true",
+                      help="image folders and audio: leave unreadable files out instead of stopping at the first")
     cmp_.set_defaults(func=cmd_compare)
 
     rep = sub.add_parser("report", help="rewrite a compare folder's report from stored results (no training)")

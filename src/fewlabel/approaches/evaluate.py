@@ -51,6 +51,7 @@ class EvaluateConfig:
     columns: dict[str, str] = field(default_factory=dict)  # tables: {"image": ..., "text": ..., "label": ...}
     prompts: tuple[str, ...] = ()  # zero-shot templates ("a drawing of {}"); empty: the default set
     class_names: tuple[str, ...] = ()  # zero-shot: one per class in the dataset's order; empty: its class names
+    skip_bad: bool = False  # image folders and audio: leave unreadable files out (counted) instead of stopping
 
 
 def export_info(path: str | Path) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def evaluate_backbone(config: EvaluateConfig) -> dict[str, Any]:
         raise FewlabelError(f"{config.backbone} does not say which data it was pretrained on; pass --data")
     # A table's columns: as given, else (the CLIP run's own data) as the run read it.
     columns = config.columns or (info.get("columns") if not config.data else None) or None
-    dataset = load_dataset(data, config.data_dir, columns)
+    dataset = load_dataset(data, config.data_dir, columns, skip_bad=config.skip_bad)
     modality = modality_of(dataset)
     frozen = config.protocol != "finetune"
     if info.get("clip"):  # the image tower, at the side it was trained at, as a transfer source

@@ -2,6 +2,7 @@
 
 from fewlabel.compare.grid import BUDGETS, Job, build_grid
 from fewlabel.compare.run import CompareConfig, compare, report_only
-from fewlabel.compare.stats import recommend, summarize
+from fewlabel.compare.stats import paired_difference, recommend, summarize
 
-__all__ = ["BUDGETS", "CompareConfig", "Job", "build_grid", "compare", "recommend", "report_only", "summarize"]
+__all__ = ["BUDGETS", "CompareConfig", "Job", "build_grid", "compare", "paired_difference", "recommend", "report_only",
+           "summarize"]

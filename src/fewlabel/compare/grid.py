@@ -61,15 +61,28 @@ class Job:
 
     @property
     def label(self) -> str:
-        """The row name in tables and plots."""
-        names = {"supervised": "supervised", "transfer": "transfer", "probe": "self-supervised"}
-        return f"{names.get(self.approach, self.approach)}: {self.variant}"
+        """The row name in tables, plots and progress lines (display only: the key does not use it)."""
+        return row_name(self.approach, self.variant)
+
+
+# The approach families as the comparison names them; job keys keep the short approach names.
+ROW_NAMES = {"supervised": "data augmentation", "transfer": "transfer learning", "probe": "self-supervised",
+             "pretrain": "self-supervised pretraining", "semisupervised": "semi-supervised"}
+
+
+def row_name(approach: str, variant: str) -> str:
+    """``data augmentation: standard``, ``transfer learning: feature-extract@efficientnet_lite0``,
+    ``self-supervised: simclr+linear``, ``self-supervised pretraining: simclr``."""
+    return f"{ROW_NAMES.get(approach, approach)}: {variant}"
 
 
 def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], budget: BudgetPreset,
-               backbones: list[str], data_dir: str | None = None, modality: str = "image") -> list[Job]:
+               backbones: list[str], data_dir: str | None = None, modality: str = "image",
+               columns: dict[str, Any] | None = None, skip_bad: bool = False) -> list[Job]:
     """Every job of the grid, dependencies first. ``modality`` (the data's) translates the preset's variants and
-    says what frozen-feature jobs depend on; both are part of the job keys."""
+    says what frozen-feature jobs depend on; both are part of the job keys. ``columns`` (table columns and
+    ``clip_seconds``, as ``load_dataset`` takes them) and ``skip_bad`` join every job's settings, and so its key,
+    only when given: grids without them keep the keys they always had."""
     unknown = sorted(set(approaches) - set(APPROACHES))
     if unknown:
         raise FewlabelError(f"unknown approach(es) {', '.join(unknown)}; choose from {', '.join(APPROACHES)}")
@@ -78,7 +91,11 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
     kind = get_modality(modality)
     budget = kind.compare_budget(budget)
     feature_extract = {"head": "logreg-cv", **kind.feature_probe_settings}  # how a frozen backbone is probed
-    common = {"data_dir": data_dir, "budget": budget.name, "modality": modality}
+    common: dict[str, Any] = {"data_dir": data_dir, "budget": budget.name, "modality": modality}
+    if columns:
+        common["columns"] = {k: str(v) for k, v in sorted(columns.items())}
+    if skip_bad:
+        common["skip_bad"] = True
     jobs: list[Job] = []
     for seed in range(seeds):
         if "selfsupervised" in approaches:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from fewlabel.compare.executor import ResultStore, execute
+from fewlabel.compare import executor
+from fewlabel.compare.executor import ResultStore, run_grid
+from fewlabel.compare.fingerprint import data_fingerprint
 from fewlabel.compare.grid import APPROACHES, BUDGETS, build_grid
 from fewlabel.compare.report import write_report
-from fewlabel.data.registry import load_dataset
+from fewlabel.data.registry import load_dataset, registered_datasets
 from fewlabel.data.splits import LabelRequest
 from fewlabel.engine.run import LOGGER_NAME, RunFolder, atomic_write, is_rank_zero, launch_rank, launch_world_size
 from fewlabel.errors import FewlabelError
@@ -32,6 +34,11 @@ class CompareConfig:
     backbones: tuple[str, ...] = ()  # default: EfficientNet-Lite0 for images, MiniLM for text
     out: str = "compare"
     max_jobs: int | None = None
+    # Dataset options, as ``train`` takes them: table columns {"text", "label", "group", "image", "path"} and
+    # ``clip_seconds`` (audio), and skip_bad (image folders / audio: leave unreadable files out).
+    columns: dict[str, Any] = field(default_factory=dict)
+    skip_bad: bool = False
+    retry_failed: bool = False  # rerun the jobs that failed in an earlier run (besides those not run yet)
 
 
 def compare(config: CompareConfig) -> dict[str, Any]:
@@ -39,7 +46,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     if config.budget not in BUDGETS:
         raise FewlabelError(f"--budget {config.budget!r}: choose one of {', '.join(BUDGETS)}")
     requests = [LabelRequest.parse(f) for f in config.labels]
-    dataset = load_dataset(config.data, config.data_dir)  # fail fast, before any job starts
+    columns = dict(config.columns or {})
+    dataset = load_dataset(config.data, config.data_dir, columns, config.skip_bad)  # fail fast, before any job
     budget = BUDGETS[config.budget]
     modality = modality_of(dataset)
     default = modality.default_backbones.get("transfer")  # audio has none offline: transfer needs --backbones
@@ -48,7 +56,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         log.warning("no pretrained %s backbone is available offline: the transfer approach is left out; pass "
                     "--backbones (a model folder or a hub id) to include it", modality.name)
     jobs = build_grid(config.data, [str(r) for r in requests], config.seeds, list(config.approaches), budget,
-                      backbones, config.data_dir, modality=dataset.modality)
+                      backbones, config.data_dir, modality=dataset.modality, columns=columns,
+                      skip_bad=config.skip_bad)
     out = Path(config.out)
     if launch_world_size() > 1:
         raise FewlabelError("compare runs its jobs one after another, each on one device; start it as one process "
@@ -58,6 +67,8 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         log.info("rank %s: compare runs on rank 0 only", launch_rank())
         return {"jobs": len(jobs), "ran": 0, "skipped": 0, "report_html": str(out / "report.html"),
                 "report_md": str(out / "report.md"), "complete": False}
+    registered = config.data in {entry.name for entry in registered_datasets()}
+    fingerprint = data_fingerprint(config.data, dataset, registered)
     out.mkdir(parents=True, exist_ok=True)
     run = RunFolder(out)
     (out / "logs").mkdir(exist_ok=True)
@@ -65,17 +76,23 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     try:
         keys = [job.key() for job in jobs]
         atomic_write(out / "compare.yaml", yaml.safe_dump({**asdict(config), "budget_preset": asdict(budget),
-                                                           "jobs": len(jobs), "job_keys": keys}, sort_keys=False))
-        store = ResultStore(out)
-        ran, skipped = execute(jobs, store, limit=config.max_jobs)
+                                                           "data_fingerprint": fingerprint, "jobs": len(jobs),
+                                                           "job_keys": keys}, sort_keys=False))
+        # A result stored before fingerprints were recorded is reused for a registered dataset (a fixed,
+        # checksummed release: the key already names it) but rerun for a path, which may have been edited since.
+        store = ResultStore(out, fingerprint=fingerprint, legacy_ok=registered)
+        outcome = run_grid(jobs, store, executor.run_job, limit=config.max_jobs, retry_failed=config.retry_failed)
         results, notes = _grid_results(store, set(keys))
+        failures = _grid_failures(store, set(keys))
         html = write_report(results, out, f"fewlabel compare: {dataset.name}",
                             setup=_setup(config, dataset, modality.compare_budget(budget), backbones),
-                            extra_notes=notes)
+                            extra_notes=notes, failures=failures)
     finally:
         run.detach_log(handler)
-    return {"jobs": len(jobs), "ran": ran, "skipped": skipped, "report_html": str(html),
-            "report_md": str(out / "report.md"), "complete": ran + skipped == len(jobs)}
+    finished = sum(store.done(job) for job in jobs)
+    return {"jobs": len(jobs), "ran": outcome.ran, "skipped": outcome.skipped, "failed": len(failures),
+            "by_others": outcome.by_others, "report_html": str(html), "report_md": str(out / "report.md"),
+            "complete": finished == len(jobs)}
 
 
 def report_only(folder: str | Path) -> Path:
@@ -88,9 +105,12 @@ def report_only(folder: str | Path) -> Path:
     stored = folder / "compare.yaml"
     raw = yaml.safe_load(stored.read_text(encoding="utf-8")) if stored.is_file() else {}
     setup = {k: raw[k] for k in ("data", "labels", "seeds", "approaches", "budget") if k in raw}
-    results, notes = _grid_results(store, set(raw["job_keys"]) if raw.get("job_keys") else None)
+    # The data as the folder's last compare saw it: results made from other data are left out.
+    store.fingerprint = raw.get("data_fingerprint")
+    keys = set(raw["job_keys"]) if raw.get("job_keys") else None
+    results, notes = _grid_results(store, keys)
     return write_report(results, folder, f"fewlabel compare: {raw.get('data', folder.name)}", setup=setup,
-                        extra_notes=notes)
+                        extra_notes=notes, failures=_grid_failures(store, keys))
 
 
 def _grid_results(store: ResultStore, keys: set[str] | None) -> tuple[list[dict[str, Any]], list[str]]:
@@ -101,13 +121,25 @@ def _grid_results(store: ResultStore, keys: set[str] | None) -> tuple[list[dict[
     two set-ups. ``keys=None`` (a folder from before grids were recorded) keeps every result.
     """
     results = store.all_results()
+    notes = []
+    fresh = [r for r in results if store.current(r)]
+    if len(fresh) < len(results):
+        notes.append(f"{len(results) - len(fresh)} stored result(s) were made from data that has changed since "
+                     "(or cannot be checked): they are not part of this report; `compare` runs their jobs again.")
     if keys is None:
-        return results, []
-    current = [r for r in results if r.get("key") in keys]
-    left_out = len(results) - len(current)
-    note = (f"{left_out} stored result(s) from earlier settings (results/ in this folder) are not part of this "
-            "report: their jobs are not in the current grid.")
-    return current, [note] if left_out else []
+        return fresh, notes
+    current = [r for r in fresh if r.get("key") in keys]
+    left_out = len(fresh) - len(current)
+    if left_out:
+        notes.append(f"{left_out} stored result(s) from earlier settings (results/ in this folder) are not part of "
+                     "this report: their jobs are not in the current grid.")
+    return current, notes
+
+
+def _grid_failures(store: ResultStore, keys: set[str] | None) -> list[dict[str, Any]]:
+    """Failure records of the current grid's jobs (made from the current data) that have no result."""
+    return [r for r in store.all_failures()
+            if store.current(r) and (keys is None or r.get("key") in keys) and not store.done_key(r["key"])]
 
 
 def _setup(config: CompareConfig, dataset, budget, backbones: list[str]) -> dict[str, Any]:
