@@ -328,6 +328,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_semisup(args: argparse.Namespace) -> int:
+    from fewlabel.approaches.semisupervised import SemiSupervisedConfig, semisupervised
+
+    config = SemiSupervisedConfig(method=args.method, backbone=args.backbone, data=args.data, data_dir=args.data_dir,
+                                  columns=_columns(args), labels=args.labels, seed=args.seed, split=args.split,
+                                  image_size=args.image_size, skip_bad=args.skip_bad, threshold=args.threshold,
+                                  neighbours=args.neighbours, alpha=args.alpha, max_rounds=args.rounds,
+                                  budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
+    result = semisupervised(config)
+    m = result.metrics
+    pseudo = "n/a" if m["pseudo_label_accuracy"] is None else f"{m['pseudo_label_accuracy']:.3f}"
+    print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (labelled only "
+          f"{m['labelled_only_test_accuracy']:.4f}; {m['pseudo_labelled']}/{m['pool']} pool samples pseudo-labelled, "
+          f"accuracy {pseudo})  run: {result.run_dir}")
+    return 0
+
+
 def cmd_rank_backbones(args: argparse.Namespace) -> int:
     from fewlabel.approaches.transfer import rank_backbones
 
@@ -530,6 +547,21 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--warmup", type=float, default=None, help="warm-up share of the steps (default per strategy)")
     _add_budget_flags(ft)
     ft.set_defaults(func=cmd_finetune)
+
+    semi = sub.add_parser("semisup", help="semi-supervised: labels and the unlabelled pool together (frozen "
+                          "features: self-training, label spreading)")
+    _add_data_flags(semi)
+    semi.add_argument("--method", default="self-training", help="self-training (default) or label-spreading")
+    semi.add_argument("--backbone", default=None,
+                      help="frozen feature source, as for finetune (default: efficientnet_lite0 / minilm)")
+    semi.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained)")
+    semi.add_argument("--threshold", type=float, default=0.95,
+                      help="confidence a pool sample needs to be pseudo-labelled, in (0, 1] (default 0.95)")
+    semi.add_argument("--neighbours", type=int, default=10, help="label spreading: neighbours in the kNN graph")
+    semi.add_argument("--alpha", type=float, default=0.2, help="label spreading: share taken from neighbours")
+    semi.add_argument("--rounds", type=int, default=10, help="self-training: most pseudo-labelling rounds")
+    _add_budget_flags(semi)
+    semi.set_defaults(func=cmd_semisup)
 
     rank = sub.add_parser("rank-backbones", help="score candidate backbones (LogME, kNN) before fine-tuning")
     rank.add_argument("--backbones", required=True, help="comma-separated backbones (as for finetune)")

@@ -1,0 +1,114 @@
+"""Semi-supervised learning on frozen features: self-training and label spreading, the pseudo-label report,
+the unlabelled pool (never validation or test), and the one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fewlabel.approaches.semisupervised import pseudo_label_report, self_train, spread_labels
+from fewlabel.cli import main
+from fewlabel.data import load_dataset
+from fewlabel.data.splits import LabelRequest, LabelSplit
+from fewlabel.modalities.image import prepare_backbone
+from fewlabel.models import BackboneSpec, Classifier, create_backbone
+from fewlabel.models.export import save_backbone
+
+
+def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Two far-apart Gaussian blobs; two labelled points each, 40 unlabelled."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[5.0, 0.0], [-5.0, 0.0]])
+    y_pool = np.repeat([0, 1], 20)
+    x_pool = centres[y_pool] + rng.normal(0, 0.5, (40, 2))
+    y_lab = np.array([0, 0, 1, 1])
+    x_lab = centres[y_lab] + rng.normal(0, 0.5, (4, 2))
+    return x_lab, y_lab, x_pool, y_pool
+
+
+def test_label_spreading_labels_separated_clusters() -> None:
+    x_lab, y_lab, x_pool, y_pool = _blobs()
+    pseudo, confidence = spread_labels(x_lab, y_lab, x_pool, neighbours=10, alpha=0.2, threshold=0.9)
+    assert (pseudo == y_pool).all() and (confidence >= 0.9).all()
+    # An unreachable threshold accepts nothing.
+    pseudo, _ = spread_labels(x_lab, y_lab, x_pool, neighbours=10, alpha=0.2, threshold=1.0 + 1e-9)
+    assert (pseudo == -1).all()
+
+
+def test_self_training_accepts_confident_pool_samples() -> None:
+    x_lab, y_lab, x_pool, y_pool = _blobs(1)
+    pseudo, rounds, final = self_train(x_lab, y_lab, x_pool, c=100.0, threshold=0.9, max_rounds=5, seed=0)
+    accepted = pseudo >= 0
+    assert accepted.mean() > 0.9 and (pseudo[accepted] == y_pool[accepted]).all()
+    assert (rounds[accepted] >= 1).all()  # pool samples join in a round, not as given labels
+    assert final.predict(x_pool).tolist() == y_pool.tolist()
+
+
+def test_pseudo_label_report_by_hand(caplog: pytest.LogCaptureFixture) -> None:
+    pseudo = np.array([0, 0, -1, 1, 0, 0])
+    hidden = np.array([0, 1, 1, 1, 0, 2])
+    report = pseudo_label_report(pseudo, hidden, ["a", "b", "c"])
+    # 5 of 6 accepted; correct: 0->0, 3->1, 4->0 = 3 of 5; class a takes 4 of 5 (> half: a warning).
+    assert report["mask_rate"] == pytest.approx(5 / 6, abs=1e-4) and report["pseudo_labelled"] == 5
+    assert report["pseudo_label_accuracy"] == pytest.approx(3 / 5)
+    assert report["pseudo_label_classes"] == {"a": 4, "b": 1, "c": 0}
+    assert "takes 80% of the pseudo-labels" in caplog.text
+    empty = pseudo_label_report(np.full(4, -1), np.zeros(4, dtype=np.int64), ["a", "b", "c"])
+    assert empty["mask_rate"] == 0.0 and empty["pseudo_label_accuracy"] is None
+    assert "nothing was pseudo-labelled" in caplog.text
+
+
+@pytest.fixture
+def tiny_export(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet_small", in_chans=1, width=8)
+    save_backbone(backbone, BackboneSpec(name="resnet_small", in_chans=1, width=8), tmp_path / "pre" / "export",
+                  method="none", dataset="digits")
+    return tmp_path / "pre"
+
+
+@pytest.mark.parametrize("method", ["self-training", "label-spreading"])
+def test_semisup_cli_end_to_end(method: str, tiny_export: Path, tmp_path: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / method
+    assert main(["-q", "semisup", "--method", method, "--backbone", str(tiny_export), "--data", "digits",
+                 "--labels", "0.1", "--image-size", "8", "--out", str(out)]) == 0
+    assert "pool samples pseudo-labelled" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = load_dataset("digits")
+    split = LabelSplit.load(out / "split.npz", dataset)
+    request = LabelRequest.parse("0.1")
+    pool = split.unlabelled(request, dataset.labels)
+    # The pool is the rest of the training pool: never a validation or test sample, never a labelled one.
+    assert not set(pool) & (set(split.test) | set(split.validation(None, dataset.labels)))
+    assert not set(pool) & set(split.labelled(request, dataset.labels))
+    assert metrics["pool"] == len(pool) and 0 <= metrics["pseudo_labelled"] <= len(pool)
+    assert sum(metrics["pseudo_label_classes"].values()) == metrics["pseudo_labelled"]
+    # The saved classifier (frozen backbone + the final linear head) reproduces the reported test accuracy.
+    model = Classifier(prepare_backbone(str(tiny_export), dataset, 8), dataset.num_classes, data_channels=1)
+    model.load_state_dict(load_file(str(out / "model.safetensors")))
+    model.eval()
+    with torch.no_grad():
+        predictions = model(dataset.samples[torch.as_tensor(split.test)]).argmax(dim=1).numpy()
+    assert float((predictions == dataset.labels[split.test]).mean()) == pytest.approx(
+        metrics["test_accuracy"], abs=1.5 / len(split.test))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--threshold", "0"], "--threshold 0.0 is impossible"),
+    (["--threshold", "1.5"], "--threshold 1.5 is impossible"),
+    (["--labels", "1.0"], "no unlabelled data is left at --labels 1.0"),
+    (["--method", "fixmatch"], "unknown semi-supervised method 'fixmatch'"),
+])
+def test_semisup_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["-q", "semisup", "--data", "digits", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
