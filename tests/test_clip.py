@@ -297,6 +297,25 @@ def test_options_are_checked() -> None:
     assert len(ProjectionHead(6, 4, hidden_dim=10)) == 3
 
 
+def test_trained_image_tower_crops_and_flips_only_where_allowed() -> None:
+    from fewlabel.approaches.pretrain_clip import PairCrops, PairRows
+
+    torch.manual_seed(0)
+    image = torch.zeros(3, 24, 24, dtype=torch.uint8)
+    image[:, :, :12] = 255  # white left half: a flip would put it on the right
+    crops = PairCrops(24, flip=False)
+    outs = [crops(image) for _ in range(20)]
+    assert all(o.shape == (3, 24, 24) and o.dtype == torch.uint8 for o in outs)
+    assert any(not torch.equal(o, image) for o in outs)  # cropped
+    assert all(o[:, :, 0].float().mean() > o[:, :, -1].float().mean() for o in outs)  # never mirrored
+    flipped = PairCrops(24, flip=True)
+    assert any(o[:, :, 0].float().mean() < o[:, :, -1].float().mean() for o in (flipped(image) for _ in range(20)))
+    rows = PairRows(image[None].repeat(3, 1, 1, 1), np.arange(3), ["a", "b", "c"], np.arange(3), precomputed=False,
+                    transform=crops)
+    x, caption, ident = rows[1]
+    assert x.shape == (3, 24, 24) and caption == "b" and ident == 1
+
+
 # --- data parallel: local rows against gathered columns ------------------------------------------------------------
 
 WORLD, BATCH, DIM = 2, 6, 4

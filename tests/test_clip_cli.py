@@ -126,6 +126,32 @@ def test_lit_pretraining_reports_retrieval_and_zero_shot_and_exports(env: dict[s
     assert AutoTokenizer.from_pretrained(run / "export" / "text")("a red square")["input_ids"]
 
 
+def test_zero_epochs_scores_and_exports_the_towers_as_loaded(env: dict[str, Path], tmp_path: Path) -> None:
+    """The floor of a benchmark: ``pretrain_clip`` with 0 epochs trains nothing (both towers unlocked here, so a
+    step would change them) and still writes retrieval, zero-shot and an export that `evaluate` takes."""
+    from fewlabel.approaches.pretrain_clip import pretrain_clip
+    from fewlabel.approaches.selfsupervised import PretrainConfig
+    from fewlabel.engine.fit import Budget
+    from fewlabel.modalities import get_modality
+    from fewlabel.models.clip_export import load_clip
+
+    columns = {"image": "file", "label": "colour"}
+    dataset = load_dataset(env["table"], columns=columns)
+    split = get_modality("image-text").split(dataset, 0, None)
+    options = {"embed_dim": 16, "image_size": 16, "lock_image": False, "image_backbone": str(env["resnet"]),
+               "text_backbone": str(env["bert"])}
+    out = tmp_path / "floor"
+    config = PretrainConfig(method="clip", data=str(env["table"]), columns=columns, epochs=0, batch_size=4,
+                            method_options=options, budget=Budget(workers=0, accelerator="cpu"), out=str(out))
+    metrics = pretrain_clip(dataset, split, config).metrics
+    assert metrics["epochs"] == 0 and metrics["retrieval"] and metrics["zero_shot"]["classes"] == 3
+    clip = load_clip(out)
+    source, _ = load_backbone(env["resnet"])
+    assert _same(_state(clip.image_tower), _state(source))
+    assert _same(_state(clip.model.text_tower.body), _bert_state(env["bert"]))
+    assert main(["-q", "evaluate", "--backbone", str(out), "--protocol", "zero-shot"]) == 0
+
+
 def test_both_towers_train_and_a_run_resumes(env: dict[str, Path], tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     """lock_image=false, lock_text=true (and the SigLIP loss): the image tower trains, the text tower does not;

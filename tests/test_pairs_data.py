@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -200,3 +201,39 @@ def test_real_openclipart() -> None:
     assert ds.image_shape == (3, 96, 96)
     assert ds.samples[0].shape == (3, 96, 96)
     assert len(set(ds.extra["caption_ids"].tolist())) < 3562  # repeated captions exist and share ids
+
+
+SUBCATEGORIES = ["aiga symbols", "arrows", "beverages", "bugs", "clothing", "flags", "fruit", "games", "holiday",
+                 "icons", "jigsaw", "led", "mammals", "music", "party", "patterns", "roadsigns", "sports", "stars",
+                 "stickmen"]
+
+
+@pytest.mark.skipif(OPENCLIPART_ROOT is None and not os.environ.get("CI"),
+                    reason="openclipart not found in $FEWLABEL_DATA or ../shared/data")
+def test_real_openclipart_subcategories() -> None:
+    assert OPENCLIPART_ROOT is not None, "CI: openclipart not found in $FEWLABEL_DATA"
+    assert "openclipart-subcategories" in {entry.name for entry in registered_datasets()}
+    whole = load_dataset("openclipart", data_dir=str(OPENCLIPART_ROOT))
+    ds = load_dataset("openclipart-subcategories", data_dir=str(OPENCLIPART_ROOT))
+    assert ds.name == "openclipart-subcategories" and ds.modality == "image-text" and len(ds) == len(whole)
+    assert ds.extra["captions"] == whole.extra["captions"]  # the same pairs, the same captions
+    assert ds.classes == SUBCATEGORIES
+    assert "transportation/aiga-symbols" in ds.extra["class_paths"] and "shapes/stars" in ds.extra["class_paths"]
+    counts = ds.class_counts()
+    assert min(counts.values()) >= 40 and counts["flags"] == 257 and counts["bugs"] == 42
+    assert sum(counts.values()) == 1907 and (ds.labels == -1).sum() == len(ds) - 1907
+    # the labels are the table's subcategory folders; every other drawing is unlabelled
+    with open(OPENCLIPART_ROOT / "openclipart" / "captions.csv", encoding="utf-8", newline="") as handle:
+        rows = {r["file"]: r for r in csv.DictReader(handle)}
+    names = [n.decode() for n in ds.samples.names]
+    for i in range(0, len(ds), 7):
+        row = rows[names[i]]
+        path = f"{row['category']}/{row['subcategory']}"
+        assert ds.labels[i] == (ds.extra["class_paths"].index(path) if path in ds.extra["class_paths"] else -1)
+    # the test images are openclipart's own held-out ones (a CLIP run on openclipart never trained on them)
+    held_out = set(make_split(whole, seed=0).test.tolist())
+    for seed in (0, 1):
+        split = make_split(ds, seed=seed)
+        assert set(split.test.tolist()) == {i for i in held_out if ds.labels[i] != -1}
+        assert not set(split.pool.tolist()) & held_out and not set(split.val.tolist()) & held_out
+        assert len(split.pool) + len(split.val) + len(held_out) == len(ds)  # the unlabelled still train
