@@ -30,7 +30,8 @@ from _cells import CellStore
 from fewlabel.cli import main as fewlabel
 
 BACKBONE = {"digits": "efficientnet_lite0", "fashion-mnist": "efficientnet_lite0", "rotten-tomatoes": "minilm"}
-VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after": []}
+VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after": [],
+            "after-bn-train": ["--bn", "train"]}
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}
 
 

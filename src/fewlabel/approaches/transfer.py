@@ -34,6 +34,7 @@ from fewlabel.transfer.strategies import (
     STRATEGIES,
     apply_bn_policy,
     apply_strategy,
+    batchnorm_layers,
     describe_groups,
     resolve_bn_policy,
 )
@@ -117,9 +118,10 @@ def finetune(config: TransferConfig) -> RunResult:
         labelled = len(split.labelled(request, dataset.labels))
         batch = config.budget.batch_size or auto_batch_size(labelled, maximum=config.budget.max_batch_size)
         bn_policy, bn_reason = resolve_bn_policy(config.bn, batch, labelled)
-        layers = apply_bn_policy(model, plan, bn_policy)
-        plan.record["batchnorm"] = bn_policy if layers else "none in this backbone"
-        plan.record["batchnorm_reason"] = bn_reason if layers else "the backbone has no BatchNorm layers"
+        apply_bn_policy(model, plan, bn_policy)
+        has_bn = bool(batchnorm_layers(model))
+        plan.record["batchnorm"] = bn_policy if has_bn else "none in this backbone"
+        plan.record["batchnorm_reason"] = bn_reason if has_bn else "the backbone has no BatchNorm layers"
     # Built before the run folder: a policy that does not fit the data is an error that leaves nothing behind.
     policy = modality.augmentation(config.augment, dataset, config.seed) if config.strategy != "feature-extract" \
         else None
