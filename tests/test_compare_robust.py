@@ -24,6 +24,7 @@ from fewlabel.compare.executor import ResultStore, execute, run_grid
 from fewlabel.compare.lease import Leases
 from fewlabel.compare.report import write_report
 from fewlabel.compare.stats import paired_difference
+from fewlabel.errors import FewlabelError
 
 GRID = (["0.1", "1"], ["supervised", "transfer", "selfsupervised"], BUDGETS["small"], ["efficientnet_lite0"])
 
@@ -394,3 +395,48 @@ def test_one_progress_line_per_finished_job(tmp_path: Path) -> None:
     assert lines[0].startswith("[1/3] done: data augmentation: standard labels=0.1 seed=0 in 0 s; elapsed")
     assert "about 0 s left (2 job(s))" in lines[0]
     assert lines[1].startswith("[2/3] FAILED: ") and lines[2].endswith("about 0 s left (0 job(s))")
+
+
+FAKE_RUNNER = textwrap.dedent("""
+    import os, time
+
+    def fake(job, store):
+        calls = os.environ["FEWLABEL_TEST_CALLS"]
+        with open(calls, "a") as handle:
+            handle.write(f"{job.key()} {os.getpid()}\\n")
+        deadline = time.time() + 120  # hold each job until both processes have started one
+        while len(set(open(calls).read().split()[1::2])) < 2 and time.time() < deadline:
+            time.sleep(0.1)
+        base = {"supervised": 0.8, "probe": 0.9, "pretrain": 0.0}[job.approach]
+        return {"test_accuracy": None if job.approach == "pretrain" else base + 0.01 * job.seed,
+                "seconds": 0.4, "labelled": 10, "warnings": []}
+""")
+
+
+def test_local_workers_share_the_grid_and_run_each_job_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers 2``: a spawned worker process and this one take jobs under leases; every job runs once, both
+    processes run some, and the report is complete."""
+    from fewlabel.compare import CompareConfig, compare
+
+    (tmp_path / "fakerunner.py").write_text(FAKE_RUNNER)
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("FEWLABEL_TEST_CALLS", str(calls))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = compare(CompareConfig(data="digits", labels=("0.5", "1.0"), seeds=2,
+                                   approaches=("supervised", "selfsupervised"), out=str(tmp_path / "cmp"),
+                                   workers=2, runner="fakerunner:fake"))
+    lines = calls.read_text().split()
+    keys, pids = lines[0::2], lines[1::2]
+    assert result["jobs"] == 10 and result["complete"]
+    assert len(keys) == 10 and len(set(keys)) == 10
+    assert len(set(pids)) == 2
+    assert (tmp_path / "cmp" / "logs" / "worker-1.log").read_text().count("done:") >= 1
+    assert not list((tmp_path / "cmp" / "leases").glob("*.lease"))
+
+
+def test_workers_must_be_positive(tmp_path: Path) -> None:
+    from fewlabel.compare import CompareConfig, compare
+
+    with pytest.raises(FewlabelError, match="--workers 0 is impossible"):
+        compare(CompareConfig(data="digits", out=str(tmp_path / "cmp"), workers=0))

@@ -164,7 +164,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            budget=args.budget,
                            backbones=tuple(x.strip() for x in (args.backbones or "").split(",") if x.strip()),
                            out=args.out, max_jobs=args.max_jobs, columns=_columns(args), skip_bad=args.skip_bad,
-                           retry_failed=args.retry_failed)
+                           retry_failed=args.retry_failed, workers=args.workers)
     _hide_epoch_lines()
     result = compare(config)
     if result["complete"]:
@@ -425,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pretrained backbones for transfer (default: efficientnet_lite0; minilm for text)")
     cmp_.add_argument("--out", default="compare", help="folder; rerunning resumes and reuses finished runs")
     cmp_.add_argument("--max-jobs", type=int, default=None, help="stop after this many new runs")
+    cmp_.add_argument("--workers", type=int, default=1,
+                      help="jobs at once on this machine, each worker process on its share of the CPU threads; "
+                      "they share the folder through job leases (default 1)")
     cmp_.add_argument("--retry-failed", action="store_true",
                       help="rerun the jobs that failed in an earlier run (by default they are listed, not rerun)")
     cmp_.add_argument("--text-column", default=None, help="text tables: column holding the text")

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import multiprocessing
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from fewlabel.compare import executor
@@ -39,15 +43,57 @@ class CompareConfig:
     columns: dict[str, Any] = field(default_factory=dict)
     skip_bad: bool = False
     retry_failed: bool = False  # rerun the jobs that failed in an earlier run (besides those not run yet)
+    # Local executor: processes running jobs at once on this machine, each on its share of the CPU threads; they
+    # share the folder through the job leases, so each job runs once.
+    workers: int = 1
+    # "module:function" running one job (default: the executor's own ``run_job``); imported in every worker.
+    runner: str | None = None
+
+
+def _runner(spec: str | None):
+    if not spec:
+        return executor.run_job
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise FewlabelError(f"job runner {spec!r} cannot be imported ({exc}); give module:function") from None
+
+
+def _work(config: CompareConfig, index: int, threads: int, fingerprint: str, registered: bool) -> None:
+    """One extra local worker: the same grid, jobs taken under leases, until none is left."""
+    torch.set_num_threads(threads)
+    out = Path(config.out)
+    handler = logging.FileHandler(out / "logs" / f"worker-{index}.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger(LOGGER_NAME).addHandler(handler)
+    logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)
+    _, jobs = _jobs(config)
+    store = ResultStore(out, fingerprint=fingerprint, legacy_ok=registered)
+    run_grid(jobs, store, _runner(config.runner), limit=config.max_jobs, retry_failed=config.retry_failed)
+
+
+def _jobs(config: CompareConfig) -> tuple[Any, list]:
+    columns = dict(config.columns or {})
+    dataset = load_dataset(config.data, config.data_dir, columns, config.skip_bad)  # fail fast, before any job
+    budget = BUDGETS[config.budget]
+    modality = modality_of(dataset)
+    default = modality.default_backbones.get("transfer")  # audio has none offline: transfer needs --backbones
+    backbones = list(config.backbones) or ([default] if default else [])
+    jobs = build_grid(config.data, [str(LabelRequest.parse(f)) for f in config.labels], config.seeds,
+                      list(config.approaches), budget, backbones, config.data_dir, modality=dataset.modality,
+                      columns=columns, skip_bad=config.skip_bad)
+    return dataset, jobs
 
 
 def compare(config: CompareConfig) -> dict[str, Any]:
     """Run (or resume) the comparison grid in ``config.out`` and (re)write its report."""
     if config.budget not in BUDGETS:
         raise FewlabelError(f"--budget {config.budget!r}: choose one of {', '.join(BUDGETS)}")
-    requests = [LabelRequest.parse(f) for f in config.labels]
-    columns = dict(config.columns or {})
-    dataset = load_dataset(config.data, config.data_dir, columns, config.skip_bad)  # fail fast, before any job
+    if config.workers < 1:
+        raise FewlabelError(f"--workers {config.workers} is impossible; give 1 or more")
+    runner = _runner(config.runner)
+    dataset, jobs = _jobs(config)
     budget = BUDGETS[config.budget]
     modality = modality_of(dataset)
     default = modality.default_backbones.get("transfer")  # audio has none offline: transfer needs --backbones
@@ -55,9 +101,6 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     if "transfer" in config.approaches and not backbones:
         log.warning("no pretrained %s backbone is available offline: the transfer approach is left out; pass "
                     "--backbones (a model folder or a hub id) to include it", modality.name)
-    jobs = build_grid(config.data, [str(r) for r in requests], config.seeds, list(config.approaches), budget,
-                      backbones, config.data_dir, modality=dataset.modality, columns=columns,
-                      skip_bad=config.skip_bad)
     out = Path(config.out)
     if launch_world_size() > 1:
         raise FewlabelError("compare runs its jobs one after another, each on one device; start it as one process "
@@ -81,7 +124,13 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         # A result stored before fingerprints were recorded is reused for a registered dataset (a fixed,
         # checksummed release: the key already names it) but rerun for a path, which may have been edited since.
         store = ResultStore(out, fingerprint=fingerprint, legacy_ok=registered)
-        outcome = run_grid(jobs, store, executor.run_job, limit=config.max_jobs, retry_failed=config.retry_failed)
+        workers = _start_workers(config, fingerprint, registered, len(jobs))
+        outcome = run_grid(jobs, store, runner, limit=config.max_jobs, retry_failed=config.retry_failed)
+        for worker in workers:
+            worker.join()
+            if worker.exitcode:
+                log.warning("local worker %s exited with status %s; a job it held is taken over by the others once "
+                            "its lease is stale", worker.name, worker.exitcode)
         results, notes = _grid_results(store, set(keys))
         failures = _grid_failures(store, set(keys))
         html = write_report(results, out, f"fewlabel compare: {dataset.name}",
@@ -93,6 +142,26 @@ def compare(config: CompareConfig) -> dict[str, Any]:
     return {"jobs": len(jobs), "ran": outcome.ran, "skipped": outcome.skipped, "failed": len(failures),
             "by_others": outcome.by_others, "report_html": str(html), "report_md": str(out / "report.md"),
             "complete": finished == len(jobs)}
+
+
+def _start_workers(config: CompareConfig, fingerprint: str, registered: bool, jobs: int) -> list:
+    """``config.workers - 1`` extra processes (spawned: a fresh interpreter each, so a crash or a leaked thread
+    pool in one job cannot take the others down), each with its share of the CPU threads; this process is the
+    first worker and pins its own threads the same way."""
+    count = min(config.workers, max(1, jobs))
+    if count <= 1:
+        return []
+    threads = max(1, (os.cpu_count() or 1) // count)
+    torch.set_num_threads(threads)
+    context = multiprocessing.get_context("spawn")
+    workers = []
+    for index in range(1, count):
+        worker = context.Process(target=_work, args=(config, index, threads, fingerprint, registered),
+                                 name=f"compare-worker-{index}")
+        worker.start()
+        workers.append(worker)
+    log.info("local executor: %d workers of %d thread(s) each (logs/worker-N.log for the others)", count, threads)
+    return workers
 
 
 def report_only(folder: str | Path) -> Path:
