@@ -97,6 +97,8 @@ def test_finetune_from_a_wav2vec2_run(wav2vec2_run: Path, clips: Path, tmp_path:
         assert metrics["transfer"]["frozen_stages"] == ["feature_extractor"]
     if strategy == "partial":  # the default: the top two transformer layers
         assert metrics["transfer"]["trainable_stages"] == ["encoder.layers.2", "encoder.layers.3"]
+    if strategy != "feature-extract":  # LP-FT and its fallback for speech encoders too
+        assert metrics["kept"] in ("fine-tuned", "linear probe") and "start_val_accuracy" in metrics
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -75,6 +75,10 @@ def test_text_transfer_strategies(strategy: str, extra: list[str], reviews_csv: 
     else:
         assert record["frozen_parameters"] == 0
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    if strategy != "feature-extract":  # LP-FT, the learning-rate sweep and the fallback work for text encoders too
+        assert metrics["kept"] in ("fine-tuned", "linear probe") and metrics["start"]["probe_c"] > 0
+        assert len(metrics["lr_sweep"]["trials"]) == 3
+        assert record["batchnorm"] == "none in this backbone"
 
 
 def test_text_pooling_auto_uses_the_last_four_layers_for_frozen_features(reviews_csv: Path, tmp_path: Path,
