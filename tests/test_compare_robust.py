@@ -440,3 +440,11 @@ def test_workers_must_be_positive(tmp_path: Path) -> None:
 
     with pytest.raises(FewlabelError, match="--workers 0 is impossible"):
         compare(CompareConfig(data="digits", out=str(tmp_path / "cmp"), workers=0))
+
+
+def test_semi_supervised_jobs_skip_the_full_label_budget() -> None:
+    jobs = build_grid("digits", ["0.1", "1.0"], 2, ["semisupervised"], BUDGETS["medium"], ["efficientnet_lite0"])
+    assert {(j.variant, j.labels) for j in jobs} == {("label-spreading@efficientnet_lite0", "0.1"),
+                                                     ("self-training@efficientnet_lite0", "0.1")}
+    assert all(j.approach == "semisupervised" and j.label.startswith("semi-supervised: ") for j in jobs)
+    assert len(jobs) == 4  # 2 methods x 2 seeds, none at 100% labels

@@ -188,6 +188,14 @@ def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
             metrics = evaluate_backbone(EvaluateConfig(backbone=pre_dir, protocol=protocol, labels=job.labels,
                                                        data=job.data, data_dir=s["data_dir"], out=out,
                                                        **data_options))
+    elif job.approach == "semisupervised":
+        from fewlabel.approaches.semisupervised import SemiSupervisedConfig, semisupervised
+
+        method, _, backbone = job.variant.partition("@")
+        metrics = semisupervised(SemiSupervisedConfig(method=method, backbone=backbone, data=job.data,
+                                                      data_dir=s["data_dir"], labels=job.labels, seed=job.seed,
+                                                      budget=Budget(progress=False), out=out,
+                                                      **data_options)).metrics
     else:
         raise ValueError(f"unknown job approach {job.approach}")
     seconds = time.perf_counter() - started

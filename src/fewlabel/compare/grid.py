@@ -32,16 +32,18 @@ class BudgetPreset:
     probes: tuple[str, ...]
     width: int
     max_minutes: float | None
+    semisup: tuple[str, ...] = ("label-spreading",)  # semi-supervised methods on the transfer backbones' features
 
 
 BUDGETS = {
     "small": BudgetPreset("small", 400, 10, 3, 15, ("standard",), ("feature-extract",), ("simclr",), ("linear",), 16,
                           5.0),
     "medium": BudgetPreset("medium", 1000, 15, 8, 30, ("standard", "randaugment"), ("feature-extract", "finetune"),
-                           ("simclr", "byol"), ("linear", "finetune"), 16, 30.0),
+                           ("simclr", "byol"), ("linear", "finetune"), 16, 30.0,
+                           ("label-spreading", "self-training")),
     "large": BudgetPreset("large", 3000, 30, 20, 200, ("standard", "randaugment", "mixup"),
                           ("feature-extract", "finetune", "partial"), ("simclr", "moco", "byol", "dino"),
-                          ("linear", "finetune"), 32, None),
+                          ("linear", "finetune"), 32, None, ("label-spreading", "self-training")),
 }
 
 
@@ -74,6 +76,12 @@ def row_name(approach: str, variant: str) -> str:
     """``data augmentation: standard``, ``transfer learning: feature-extract@efficientnet_lite0``,
     ``self-supervised: simclr+linear``, ``self-supervised pretraining: simclr``."""
     return f"{ROW_NAMES.get(approach, approach)}: {variant}"
+
+
+def _all_labels(fraction: str) -> bool:
+    from fewlabel.data.splits import LabelRequest
+
+    return LabelRequest.parse(fraction).fraction == 1.0
 
 
 def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], budget: BudgetPreset,
@@ -123,4 +131,10 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
                         jobs.append(Job("transfer", f"{strategy}@{backbone}", data, fraction, seed,
                                         {**common, "epochs": budget.transfer_epochs,
                                          "max_minutes": budget.max_minutes, **head}))
+            # Semi-supervised needs an unlabelled pool: every label fraction but all of the labels.
+            if "semisupervised" in approaches and not _all_labels(fraction):
+                for backbone in backbones:
+                    for method in budget.semisup:
+                        jobs.append(Job("semisupervised", f"{method}@{backbone}", data, fraction, seed,
+                                        {**common, **kind.feature_probe_settings}))
     return jobs

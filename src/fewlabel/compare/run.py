@@ -132,6 +132,10 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                 log.warning("local worker %s exited with status %s; a job it held is taken over by the others once "
                             "its lease is stale", worker.name, worker.exitcode)
         results, notes = _grid_results(store, set(keys))
+        full = [f for f in config.labels if LabelRequest.parse(f).fraction == 1.0]
+        if "semisupervised" in config.approaches and full:
+            notes.append(f"Semi-supervised learning is not run at {', '.join(full)} labels: no unlabelled pool is "
+                         "left there.")
         failures = _grid_failures(store, set(keys))
         html = write_report(results, out, f"fewlabel compare: {dataset.name}",
                             setup=_setup(config, dataset, modality.compare_budget(budget), backbones),
