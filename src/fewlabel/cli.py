@@ -146,7 +146,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """`compare` on the embedded digits with the small budget: every approach, three label budgets, two seeds."""
     from fewlabel.compare import CompareConfig, compare
 
-    print("fewlabel demo: augmentation vs transfer vs self-supervised on the embedded digits (small budget)")
+    print("fewlabel demo: augmentation vs transfer vs self-supervised vs semi-supervised on the embedded digits "
+          "(small budget)")
     _hide_epoch_lines()
     config = CompareConfig(data="digits", labels=("0.05", "0.2", "1.0"), seeds=2, budget="small", out=args.out)
     result = compare(config)
