@@ -41,6 +41,22 @@ def write_fake_fashion_mnist(folder: Path, n_train: int = 60, n_test: int = 20, 
 
 
 @pytest.fixture
+def tiny_export(tmp_path: Path) -> Path:
+    """A pretraining run folder holding a randomly initialised ResNet-small (width 8, 1 channel) export for
+    digits: a backbone source for transfer, evaluate and semi-supervised tests."""
+    import torch
+
+    from fewlabel.models import BackboneSpec, create_backbone
+    from fewlabel.models.export import save_backbone
+
+    torch.manual_seed(0)
+    backbone = create_backbone("resnet_small", in_chans=1, width=8)
+    save_backbone(backbone, BackboneSpec(name="resnet_small", in_chans=1, width=8), tmp_path / "pre" / "export",
+                  method="none", dataset="digits")
+    return tmp_path / "pre"
+
+
+@pytest.fixture
 def fake_fashion_mnist(tmp_path: Path) -> Path:
     root = tmp_path / "data"
     write_fake_fashion_mnist(root / "fashion-mnist")

@@ -19,19 +19,9 @@ from fewlabel.evaluate.frozen import frozen_features, linear_probe_start
 from fewlabel.evaluate.probes import fit_linear_probe, probe_as_linear
 from fewlabel.modalities import modality_of
 from fewlabel.modalities.image import prepare_backbone
-from fewlabel.models import BackboneSpec, Classifier, create_backbone
-from fewlabel.models.export import save_backbone
+from fewlabel.models import Classifier, create_backbone
 from fewlabel.transfer import apply_strategy
 from fewlabel.transfer.strategies import apply_bn_policy, batchnorm_layers, resolve_bn_policy
-
-
-@pytest.fixture
-def tiny_export(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    backbone = create_backbone("resnet_small", in_chans=1, width=8)
-    save_backbone(backbone, BackboneSpec(name="resnet_small", in_chans=1, width=8), tmp_path / "pre" / "export",
-                  method="none", dataset="digits")
-    return tmp_path / "pre"
 
 
 def test_head_after_the_probe_stage_is_the_probe(tiny_export: Path) -> None:

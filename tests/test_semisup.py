@@ -16,8 +16,7 @@ from fewlabel.cli import main
 from fewlabel.data import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit
 from fewlabel.modalities.image import prepare_backbone
-from fewlabel.models import BackboneSpec, Classifier, create_backbone
-from fewlabel.models.export import save_backbone
+from fewlabel.models import Classifier
 
 
 def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -63,13 +62,6 @@ def test_pseudo_label_report_by_hand(caplog: pytest.LogCaptureFixture) -> None:
     assert "nothing was pseudo-labelled" in caplog.text
 
 
-@pytest.fixture
-def tiny_export(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    backbone = create_backbone("resnet_small", in_chans=1, width=8)
-    save_backbone(backbone, BackboneSpec(name="resnet_small", in_chans=1, width=8), tmp_path / "pre" / "export",
-                  method="none", dataset="digits")
-    return tmp_path / "pre"
 
 
 @pytest.mark.parametrize("method", ["self-training", "label-spreading"])

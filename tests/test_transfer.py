@@ -21,8 +21,7 @@ from fewlabel.evaluate.features import extract_features
 from fewlabel.evaluate.frozen import train_linear_head
 from fewlabel.evaluate.probes import PROBE_C_GRID
 from fewlabel.modalities.image import prepare_backbone
-from fewlabel.models import BackboneSpec, Classifier, create_backbone
-from fewlabel.models.export import save_backbone
+from fewlabel.models import Classifier, create_backbone
 from fewlabel.models.pretrained import load_pretrained
 from fewlabel.transfer import apply_strategy, cached_features, logme_score
 from fewlabel.transfer.strategies import L2SP
@@ -184,13 +183,6 @@ def test_loader_errors(tmp_path: Path) -> None:
         load_pretrained(f"resnet18@{tmp_path / 'missing.pth'}")
 
 
-@pytest.fixture
-def tiny_export(tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    backbone = create_backbone("resnet_small", in_chans=1, width=8)
-    save_backbone(backbone, BackboneSpec(name="resnet_small", in_chans=1, width=8), tmp_path / "pre" / "export",
-                  method="none", dataset="digits")
-    return tmp_path / "pre"
 
 
 @pytest.mark.parametrize(
