@@ -95,7 +95,9 @@ def test_semisup_cli_end_to_end(method: str, tiny_export: Path, tmp_path: Path,
     (["--threshold", "0"], "--threshold 0.0 is impossible"),
     (["--threshold", "1.5"], "--threshold 1.5 is impossible"),
     (["--labels", "1.0"], "no unlabelled data is left at --labels 1.0"),
-    (["--method", "fixmatch"], "unknown semi-supervised method 'fixmatch'"),
+    (["--method", "mixmatch"], "unknown semi-supervised method 'mixmatch'"),
+    (["--method", "fixmatch", "--ratio", "0"], "--ratio 0 is impossible"),
+    (["--method", "fixmatch", "--labels", "1.0"], "no unlabelled data is left"),
 ])
 def test_semisup_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
@@ -104,3 +106,62 @@ def test_semisup_bad_input_is_one_line(args: list[str], message: str, tmp_path: 
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_masked_consistency_loss_by_hand() -> None:
+    from fewlabel.approaches.fixmatch import masked_consistency_loss
+
+    weak = torch.tensor([[2.0, 0.0], [0.0, 0.0]])  # softmax: [0.881, 0.119] (confident) and [0.5, 0.5] (not)
+    strong = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    loss, mask, pseudo = masked_consistency_loss(weak, strong, threshold=0.8)
+    assert mask.tolist() == [1.0, 0.0] and pseudo.tolist() == [0, 0]
+    # Only the first sample counts: CE([0, 0], class 0) = ln 2; averaged over both pool samples: ln 2 / 2.
+    assert loss.item() == pytest.approx(np.log(2) / 2, abs=1e-6)
+    assert masked_consistency_loss(weak, strong, threshold=0.95)[0].item() == 0.0
+
+
+def test_fixmatch_ema_follows_the_weights() -> None:
+    from fewlabel.approaches.fixmatch import FixMatchModule
+    from fewlabel.engine.classification import OptimConfig
+
+    model = torch.nn.Linear(2, 2)
+    module = FixMatchModule(model, 2, OptimConfig(), ema_decay=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    module.on_train_batch_end(None, None, 0)  # the first update copies the weights
+    assert torch.allclose(module.ema.module.weight, torch.ones(2, 2))
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    module.on_train_batch_end(None, None, 1)  # then 0.9 * old + 0.1 * new
+    assert torch.allclose(module.ema.module.weight, torch.full((2, 2), 0.9 * 1.0 + 0.1 * 3.0))
+
+
+def test_fixmatch_pool_loader_never_holds_validation_or_test_samples() -> None:
+    from fewlabel.approaches.fixmatch import fixmatch_loaders
+    from fewlabel.data.splits import make_split
+
+    dataset = load_dataset("digits")
+    split = make_split(dataset, seed=0)
+    request = LabelRequest.parse("0.1")
+    pool = split.unlabelled(request, dataset.labels)
+    loaders = fixmatch_loaders(dataset, split.labelled(request, dataset.labels), pool, None, lambda x: x, 16, 7,
+                               workers=0)
+    pool_indices = set(loaders.iterables["unlabelled"].dataset.indices.tolist())
+    assert pool_indices == set(pool.tolist())
+    assert not pool_indices & (set(split.test) | set(split.validation(None, dataset.labels)))
+    batch = next(iter(loaders))[0]
+    x_l, _ = batch["labelled"]
+    (weak, strong), hidden = batch["unlabelled"]
+    assert len(x_l) == 16 and len(weak) == len(strong) == len(hidden) == 112
+
+
+def test_fixmatch_cli_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "fm"
+    assert main(["-q", "semisup", "--method", "fixmatch", "--data", "digits", "--labels", "0.2", "--epochs", "2",
+                 "--width", "8", "--ratio", "2", "--threshold", "0.5", "--workers", "0", "--out", str(out)]) == 0
+    assert "fixmatch; last epoch: mask rate" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 2 and 0.0 <= metrics["mask_rate"] <= 1.0
+    assert metrics["ratio"] == 2 and 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert json.loads((out / "model.json").read_text())["semisupervised"] == "fixmatch"
+    assert (out / "model.safetensors").is_file()

@@ -336,10 +336,16 @@ def cmd_semisup(args: argparse.Namespace) -> int:
                                   columns=_columns(args), labels=args.labels, seed=args.seed, split=args.split,
                                   image_size=args.image_size, skip_bad=args.skip_bad, threshold=args.threshold,
                                   neighbours=args.neighbours, alpha=args.alpha, max_rounds=args.rounds,
+                                  ratio=args.ratio, unlabelled_weight=args.unlabelled_weight, ema=args.ema,
+                                  width=args.width, lr=args.lr,
                                   budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
     result = semisupervised(config)
     m = result.metrics
     pseudo = "n/a" if m["pseudo_label_accuracy"] is None else f"{m['pseudo_label_accuracy']:.3f}"
+    if m["method"] == "fixmatch":
+        print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (fixmatch; last epoch: mask "
+              f"rate {m['mask_rate']}, pseudo-label accuracy {pseudo})  run: {result.run_dir}")
+        return 0
     print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (labelled only "
           f"{m['labelled_only_test_accuracy']:.4f}; {m['pseudo_labelled']}/{m['pool']} pool samples pseudo-labelled, "
           f"accuracy {pseudo})  run: {result.run_dir}")
@@ -555,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
     semi = sub.add_parser("semisup", help="semi-supervised: labels and the unlabelled pool together (frozen "
                           "features: self-training, label spreading)")
     _add_data_flags(semi)
-    semi.add_argument("--method", default="self-training", help="self-training (default) or label-spreading")
+    semi.add_argument("--method", default="self-training",
+                      help="self-training (default) or label-spreading on frozen features; fixmatch trains the network")
     semi.add_argument("--backbone", default=None,
                       help="frozen feature source, as for finetune (default: efficientnet_lite0 / minilm)")
     semi.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained)")
@@ -564,6 +571,11 @@ def build_parser() -> argparse.ArgumentParser:
     semi.add_argument("--neighbours", type=int, default=10, help="label spreading: neighbours in the kNN graph")
     semi.add_argument("--alpha", type=float, default=0.2, help="label spreading: share taken from neighbours")
     semi.add_argument("--rounds", type=int, default=10, help="self-training: most pseudo-labelling rounds")
+    semi.add_argument("--ratio", type=int, default=7, help="fixmatch: unlabelled samples per labelled one (default 7)")
+    semi.add_argument("--unlabelled-weight", type=float, default=1.0, help="fixmatch: weight of the unlabelled loss")
+    semi.add_argument("--ema", type=float, default=0.999, help="fixmatch: EMA decay of the evaluated weights")
+    semi.add_argument("--width", type=int, default=None, help="fixmatch from scratch: network width")
+    semi.add_argument("--lr", type=float, default=0.03, help="fixmatch: SGD (Nesterov) learning rate")
     _add_budget_flags(semi)
     semi.set_defaults(func=cmd_semisup)
 

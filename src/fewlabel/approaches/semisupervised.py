@@ -1,6 +1,7 @@
-"""Semi-supervised learning on frozen features: the labelled subset and the unlabelled pool used together.
+"""Semi-supervised learning: the labelled subset and the unlabelled pool used together.
 
-Two cheap methods that work for every modality, because they only need the cached frozen features of a backbone
+``fixmatch`` trains the network itself (:mod:`fewlabel.approaches.fixmatch`; modalities with a strong
+augmentation policy: images). Two cheap methods work for every modality, because they only need the cached frozen features of a backbone
 (images: EfficientNet-Lite0 or a fewlabel export; text: MiniLM; audio: a speech encoder):
 
 * ``self-training``: scikit-learn's ``SelfTrainingClassifier`` around the logistic-regression probe (standardised
@@ -45,7 +46,8 @@ from fewlabel.modalities import modality_of
 
 log = logging.getLogger(LOGGER_NAME)
 
-SEMISUP_METHODS = ("self-training", "label-spreading")
+SEMISUP_METHODS = ("self-training", "label-spreading", "fixmatch")
+TRAINED_METHODS = ("fixmatch",)  # train the network itself (the others fit a head on frozen features)
 DOMINANT_SHARE = 0.5  # warn when one class takes more than half of the pseudo-labels (with 3+ classes)
 
 
@@ -65,6 +67,11 @@ class SemiSupervisedConfig:
     neighbours: int = 10  # label spreading: kNN graph
     alpha: float = 0.2  # label spreading: how much a node takes from its neighbours (1 - clamping of the labels)
     max_rounds: int = 10  # self-training rounds
+    ratio: int = 7  # fixmatch: unlabelled samples per labelled one in a step
+    unlabelled_weight: float = 1.0  # fixmatch: weight of the unlabelled loss
+    ema: float = 0.999  # fixmatch: decay of the weights' moving average (the model validated, tested, saved)
+    width: int | None = None  # fixmatch from scratch (no --backbone): the network's width
+    lr: float = 0.03  # fixmatch: SGD with Nesterov momentum, cosine decay (the paper's)
     budget: Budget = field(default_factory=Budget)
     out: str | None = None
     runs_dir: str = "runs"
@@ -133,6 +140,8 @@ def pseudo_label_report(pseudo: np.ndarray, hidden: np.ndarray, classes: list[st
 def semisupervised(config: SemiSupervisedConfig) -> RunResult:
     """Pseudo-label the unlabelled pool on frozen features, then fit the final linear head on labels + pseudo."""
     check_semisup_config(config)
+    if config.method in TRAINED_METHODS:
+        return train_fixmatch(config)
     request = LabelRequest.parse(config.labels)
     dataset = load_dataset(config.data, config.data_dir, config.columns, skip_bad=config.skip_bad)
     split = prepare_split(dataset, config.seed, config.split)
@@ -208,6 +217,87 @@ def semisupervised(config: SemiSupervisedConfig) -> RunResult:
                     "semisupervised": config.method, **modality.transfer_inputs(loaded), **modality.data_meta(dataset),
                     **({"backbone_dir": str(Path(loaded.source).resolve())} if Path(loaded.source).is_dir() else {})}
             save_classifier(run, model, dataset.classes, {"modality": dataset.modality, **meta})
+        run.write_metrics(metrics)
+    finally:
+        run.detach_log(handler)
+    return RunResult(str(run.path), metrics)
+
+
+def train_fixmatch(config: SemiSupervisedConfig) -> RunResult:
+    """FixMatch from scratch (the modality's supervised network) or from ``config.backbone`` (fine-tuned)."""
+    import lightning as L
+
+    from fewlabel.approaches.fixmatch import FixMatchModule, check_fixmatch, fixmatch_budget, fixmatch_loaders
+    from fewlabel.engine.classification import OptimConfig
+    from fewlabel.engine.data import IndexedSamples, make_loader
+    from fewlabel.engine.trainer import build_trainer
+
+    check_fixmatch(config.threshold, config.ratio, config.unlabelled_weight, config.ema)
+    request = LabelRequest.parse(config.labels)
+    dataset = load_dataset(config.data, config.data_dir, config.columns, skip_bad=config.skip_bad)
+    split = prepare_split(dataset, config.seed, config.split)
+    split.check_request(request, dataset.labels)
+    pool_idx = split.unlabelled(request, dataset.labels)
+    if len(pool_idx) == 0:
+        raise FewlabelError(f"no unlabelled data is left at --labels {config.labels}: semi-supervised learning needs "
+                            "an unlabelled pool; use fewer labels (e.g. --labels 0.1)")
+    modality = modality_of(dataset)
+    if config.backbone:
+        loaded = modality.load_backbone(config.backbone, dataset, {"image_size": config.image_size, "frozen": False})
+        dataset, model, source = loaded.dataset, modality.classifier(loaded.backbone, loaded.dataset), loaded.source
+        meta: dict[str, Any] = {"backbone": source, "strategy": "finetune", **modality.transfer_inputs(loaded)}
+    else:
+        setup = modality.supervised_setup(None, "standard", config.width, dataset, split, config.seed)
+        model, source, meta = setup.model, setup.backbone, dict(setup.meta)
+    try:  # the weak and strong views: the modality's standard and RandAugment policies
+        weak = modality.augmentation("standard", dataset, config.seed).sample_transform
+        strong = modality.augmentation("randaugment", dataset, config.seed).sample_transform
+    except FewlabelError:
+        raise FewlabelError(f"fixmatch needs a strong augmentation policy ('randaugment') for {dataset.modality} data, "
+                            "which fewlabel does not have yet; use --method label-spreading or self-training") from None
+    lab_idx = split.labelled(request, dataset.labels)
+    val_idx = split.validation(request, dataset.labels)
+    batch = fixmatch_budget(len(lab_idx), config.budget.batch_size)
+    train = fixmatch_loaders(dataset, lab_idx, pool_idx, weak, strong, batch, config.ratio, config.budget.workers)
+    steps_per_epoch = max(1, len(pool_idx) // min(config.ratio * batch, len(pool_idx)))
+    epochs = config.budget.resolve_epochs(steps_per_epoch)
+    val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, dataset.labels), 256, False, 0)
+    test_loader = make_loader(IndexedSamples(dataset.samples, split.test, dataset.labels), 256, False, 0)
+    optim = OptimConfig(optimizer="nesterov", lr=config.lr, weight_decay=5e-4, warmup_fraction=0.0)
+    name = f"semisup-{dataset.name}-{request.slug}-fixmatch-{source.replace('/', '_')}-s{config.seed}"
+    run = RunFolder.create(config.out, name[:120], base=config.runs_dir)
+    handler = run.attach_log()
+    try:
+        run.save_split(split)
+        run.write_config({"command": "semisup", **asdict(config), "backbone": source, "optim": asdict(optim),
+                          "batch_size": batch, "dataset": dataset.summary()})
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        model.train()
+        module = FixMatchModule(model, dataset.num_classes, optim, config.threshold, config.unlabelled_weight,
+                                config.ema)
+        trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", accelerator=config.budget.accelerator,
+                                devices=config.budget.devices, precision=config.budget.precision,
+                                max_minutes=config.budget.max_minutes, progress=config.budget.progress)
+        log.info("fixmatch on %d labelled (batch %d) + %d unlabelled (batch %d) examples, %d epochs of %d steps",
+                 len(lab_idx), batch, len(pool_idx), config.ratio * batch, epochs, steps_per_epoch)
+        started = time.perf_counter()
+        trainer.fit(module, train, val_loader)
+        seconds = time.perf_counter() - started
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        trainer.test(module, test_loader, ckpt_path=best or None, verbose=False)
+        last = module.history[-1] if module.history else {}
+        metrics = {"method": "fixmatch", **module.test_results,
+                   "best_val_accuracy": float(trainer.checkpoint_callback.best_model_score or 0.0),
+                   "threshold": config.threshold, "ratio": config.ratio, "unlabelled_weight": config.unlabelled_weight,
+                   "ema": config.ema, "mask_rate": last.get("mask_rate"),
+                   "pseudo_label_accuracy": last.get("pseudo_label_accuracy"), "pool": len(pool_idx),
+                   "pseudo_labelled": None, "labelled_only_test_accuracy": None,
+                   "epochs": module.history, "train_seconds": round(seconds, 3), "batch_size": batch,
+                   "split": {"seed": split.seed, "labels": str(request), **split.sizes(request, dataset.labels)}}
+        if run.primary:
+            save_classifier(run, module.ema.module, dataset.classes,
+                            {"modality": dataset.modality, "semisupervised": "fixmatch", **meta,
+                             **modality.data_meta(dataset)})
         run.write_metrics(metrics)
     finally:
         run.detach_log(handler)
