@@ -536,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--bn", default="auto", choices=["auto", "train", "frozen", "frozen-affine"],
                     help="finetune/partial: BatchNorm layers of the backbone: frozen keeps their running statistics "
                     "(eval mode), frozen-affine their weights too, train updates them; auto (default): frozen "
-                    "when the batch is under 32 or fewer than 1,000 examples are labelled")
+                    "when a batch holds fewer than 16 examples")
     ft.add_argument("--lr-sweep", type=int, default=None,
                     help="finetune/partial: learning rates tried on the first 12%% of the run (lr/3, lr, 3 lr for "
                     "3); the best on validation continues (default 3, or 1 = no sweep when --lr is given)")

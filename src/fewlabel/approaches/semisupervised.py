@@ -1,8 +1,9 @@
 """Semi-supervised learning: the labelled subset and the unlabelled pool used together.
 
 ``fixmatch`` trains the network itself (:mod:`fewlabel.approaches.fixmatch`; modalities with a strong
-augmentation policy: images). Two cheap methods work for every modality, because they only need the cached frozen features of a backbone
-(images: EfficientNet-Lite0 or a fewlabel export; text: MiniLM; audio: a speech encoder):
+augmentation policy: images). Two cheap methods work for every modality, because they only need the cached
+frozen features of a backbone (images: EfficientNet-Lite0 or a fewlabel export; text: MiniLM; audio: a speech
+encoder):
 
 * ``self-training``: scikit-learn's ``SelfTrainingClassifier`` around the logistic-regression probe (standardised
   features, C chosen by cross-validation on the labelled set): pool samples predicted above ``threshold`` join the
