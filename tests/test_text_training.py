@@ -167,10 +167,10 @@ def test_compare_runs_end_to_end_on_text(reviews_csv: Path, tiny_encoder: Path, 
                  "--backbones", str(tiny_encoder), "--out", str(out)]) == 0
     results = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]
     approaches = {r["job"]["approach"] for r in results}
-    assert approaches == {"supervised", "transfer", "pretrain", "probe"}
+    assert approaches == {"supervised", "transfer", "pretrain", "probe", "semisupervised"}  # label spreading on text
     assert all(r["test_accuracy"] is not None for r in results if r["job"]["approach"] != "pretrain")
     md = (out / "report.md").read_text()
-    assert "self-supervised: mlm+linear" in md and "supervised: none" in md
+    assert "self-supervised: mlm+linear" in md and "data augmentation: none" in md and "semi-supervised: " in md
 
 
 def test_texts_longer_than_the_position_table_are_truncated_to_it(tiny_encoder: Path) -> None:
