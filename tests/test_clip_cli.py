@@ -265,3 +265,17 @@ def test_zero_shot_needs_a_clip_backbone(env: dict[str, Path], tmp_path: Path,
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and message in err, err
         assert not out.exists()
+
+
+def test_compare_runs_clip_as_a_self_supervised_row(tmp_path: Path) -> None:
+    """`compare` on an image-text table: CLIP pretraining (the default towers, offline) and its image tower's
+    linear probe are one more self-supervised row of the report, beside transfer."""
+    table = _write_pairs(tmp_path / "data")
+    out = tmp_path / "cmp"
+    assert main(["-q", "compare", "--data", str(table), "--image-column", "file", "--text-column", "caption",
+                 "--label-column", "colour", "--approaches", "selfsupervised,transfer", "--labels", "0.5",
+                 "--seeds", "1", "--out", str(out)]) == 0
+    results = [json.loads(p.read_text()) for p in (out / "results").glob("*.json")]
+    assert {r["job"]["variant"] for r in results} == {"clip", "clip+linear", "feature-extract@efficientnet_lite0"}
+    assert all(r["test_accuracy"] is not None for r in results if r["job"]["approach"] != "pretrain")
+    assert "self-supervised: clip+linear" in (out / "report.md").read_text()
