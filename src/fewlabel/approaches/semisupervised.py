@@ -138,11 +138,9 @@ def pseudo_label_report(pseudo: np.ndarray, hidden: np.ndarray, classes: list[st
     return report
 
 
-def semisupervised(config: SemiSupervisedConfig) -> RunResult:
-    """Pseudo-label the unlabelled pool on frozen features, then fit the final linear head on labels + pseudo."""
-    check_semisup_config(config)
-    if config.method in TRAINED_METHODS:
-        return train_fixmatch(config)
+def labels_and_pool(config: SemiSupervisedConfig) -> tuple[LabelRequest, Any, Any, np.ndarray]:
+    """(request, dataset, split, pool indices): the nested split's labelled subset and the rest of its training
+    pool; one clear error when no unlabelled sample is left."""
     request = LabelRequest.parse(config.labels)
     dataset = load_dataset(config.data, config.data_dir, config.columns, skip_bad=config.skip_bad)
     split = prepare_split(dataset, config.seed, config.split)
@@ -151,6 +149,15 @@ def semisupervised(config: SemiSupervisedConfig) -> RunResult:
     if len(pool_idx) == 0:
         raise FewlabelError(f"no unlabelled data is left at --labels {config.labels}: semi-supervised learning needs "
                             "an unlabelled pool; use fewer labels (e.g. --labels 0.1)")
+    return request, dataset, split, pool_idx
+
+
+def semisupervised(config: SemiSupervisedConfig) -> RunResult:
+    """Pseudo-label the unlabelled pool on frozen features, then fit the final linear head on labels + pseudo."""
+    check_semisup_config(config)
+    if config.method in TRAINED_METHODS:
+        return train_fixmatch(config)
+    request, dataset, split, pool_idx = labels_and_pool(config)
     modality = modality_of(dataset)
     loaded = modality.load_backbone(config.backbone, dataset, {"image_size": config.image_size, "frozen": True})
     dataset = loaded.dataset
@@ -234,14 +241,7 @@ def train_fixmatch(config: SemiSupervisedConfig) -> RunResult:
     from fewlabel.engine.trainer import build_trainer
 
     check_fixmatch(config.threshold, config.ratio, config.unlabelled_weight, config.ema)
-    request = LabelRequest.parse(config.labels)
-    dataset = load_dataset(config.data, config.data_dir, config.columns, skip_bad=config.skip_bad)
-    split = prepare_split(dataset, config.seed, config.split)
-    split.check_request(request, dataset.labels)
-    pool_idx = split.unlabelled(request, dataset.labels)
-    if len(pool_idx) == 0:
-        raise FewlabelError(f"no unlabelled data is left at --labels {config.labels}: semi-supervised learning needs "
-                            "an unlabelled pool; use fewer labels (e.g. --labels 0.1)")
+    request, dataset, split, pool_idx = labels_and_pool(config)
     modality = modality_of(dataset)
     if config.backbone:
         loaded = modality.load_backbone(config.backbone, dataset, {"image_size": config.image_size, "frozen": False})
