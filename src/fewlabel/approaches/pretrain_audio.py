@@ -27,7 +27,7 @@ from fewlabel.data.splits import LabelSplit
 from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.data import IndexedSamples, make_loader
 from fewlabel.engine.pretraining import PretrainModule, validation_monitor
-from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult
+from fewlabel.engine.run import LOGGER_NAME, RunResult, start_or_resume
 from fewlabel.engine.trainer import build_trainer
 from fewlabel.errors import FewlabelError
 
@@ -118,17 +118,9 @@ def pretrain_audio(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
     if point:
         L.seed_everything(seed, workers=True, verbose=False)
     optim = config.optim or OptimConfig(optimizer="adamw", lr=5e-4, weight_decay=0.01, warmup_fraction=0.08)
-    if point:
-        run = point.run
-    else:
-        run = RunFolder.create(config.out, f"pretrain-{config.method}-{dataset.name}-{preset}-s{config.seed}",
-                               base=config.runs_dir)
-    handler = run.attach_log()
+    name = f"pretrain-{config.method}-{dataset.name}-{preset}-s{config.seed}"
+    run, handler = start_or_resume(point, config.out, name, config.runs_dir, split)
     try:
-        if point:
-            log.info("resuming %s after %d epoch(s) from %s", run.path, point.epochs_done, point.checkpoint)
-        else:
-            run.save_split(split)
         run.write_config({"command": "pretrain", **asdict(config), "backbone": preset, "optim": asdict(optim),
                           "dataset": dataset.summary(), "method_hparams": method.hparams,
                           "model_config": {k: getattr(method.config, k) for k in PRESETS[preset]}})

@@ -34,7 +34,7 @@ from torch.utils.data import Dataset as TorchDataset
 from fewlabel.data.dataset import UNLABELLED, Dataset
 from fewlabel.data.splits import LabelSplit
 from fewlabel.engine.classification import OptimConfig
-from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult
+from fewlabel.engine.run import LOGGER_NAME, RunResult, start_or_resume
 from fewlabel.errors import FewlabelError
 from fewlabel.models.backbones import Backbone, InputAdapter
 
@@ -369,17 +369,9 @@ def pretrain_clip(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
     if len(pool) < 2:
         raise FewlabelError(f"{dataset.name}: {len(pool)} training pair(s); contrastive pretraining needs at least 2")
 
-    if point:
-        run = point.run
-    else:
-        name = f"pretrain-clip-{dataset.name}-{Path(image_source).name}-{Path(text_source).name}-s{config.seed}"
-        run = RunFolder.create(config.out, name, base=config.runs_dir)
-    handler = run.attach_log()
+    name = f"pretrain-clip-{dataset.name}-{Path(image_source).name}-{Path(text_source).name}-s{config.seed}"
+    run, handler = start_or_resume(point, config.out, name, config.runs_dir, split)
     try:
-        if point:
-            log.info("resuming %s after %d epoch(s) from %s", run.path, point.epochs_done, point.checkpoint)
-        else:
-            run.save_split(split)
         towers = {"image": {"source": image_source, "locked": lock_image, "embed_dim": backbone.embed_dim,
                             "input_spec": backbone.input_spec.to_dict()},
                   "text": {"source": text_source, "locked": lock_text, "embed_dim": text_tower.embed_dim,

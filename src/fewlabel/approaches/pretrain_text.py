@@ -19,7 +19,7 @@ from fewlabel.data.dataset import Dataset
 from fewlabel.data.splits import LabelSplit
 from fewlabel.engine.classification import OptimConfig
 from fewlabel.engine.data import make_loader
-from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult, atomic_folder
+from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult, atomic_folder, start_or_resume
 from fewlabel.engine.trainer import build_trainer
 from fewlabel.errors import FewlabelError
 
@@ -89,19 +89,13 @@ def pretrain_text(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
                else CausalLMCollator(tokenizer, max_length=max_length))
     optim = config.optim or OptimConfig(optimizer="adamw", lr=5e-4 if source == "small" else 5e-5,
                                         weight_decay=0.01, warmup_fraction=0.06)
-    if point:
-        run = point.run
-    else:
-        name = f"pretrain-{config.method}-{dataset.name}-{Path(source).name}-s{config.seed}"
-        run = RunFolder.create(config.out, name, base=config.runs_dir)
-    handler = run.attach_log()
+    name = f"pretrain-{config.method}-{dataset.name}-{Path(source).name}-s{config.seed}"
+    run, handler = start_or_resume(point, config.out, name, config.runs_dir, split)
     try:
         if point:
-            log.info("resuming %s after %d epoch(s) from %s", run.path, point.epochs_done, point.checkpoint)
             if run.primary:
                 _keep_epoch_log(run, point.epochs_done)
         else:
-            run.save_split(split)
             if run.primary:  # what a resumed run must tokenize with
                 tokenizer.save_pretrained(str(run.path / "tokenizer"))
         run.write_config({"command": "pretrain", **asdict(config), "optim": asdict(optim), "source": source,

@@ -344,3 +344,21 @@ def _adopt(key: str, occurrence: int, out: str | os.PathLike | None, default_nam
             raise FewlabelError(f"rank {rank}: rank 0 did not create run folder {where} within {wait:.0f} s; "
                                 "every rank must see the same file system (set FEWLABEL_RANK_WAIT to wait longer)")
         time.sleep(0.2)
+
+
+def start_or_resume(resume: Any, out: str | None, name: str, base: str,
+                    split: Any) -> tuple[RunFolder, logging.Handler]:
+    """A pretraining run's folder with its log attached: a resumed run's own folder (``resume``: its resume point;
+    the resumption is logged), else a new folder that first saves the run's split."""
+    run = resume.run if resume else RunFolder.create(out, name, base=base)
+    handler = run.attach_log()
+    if resume:
+        logging.getLogger(LOGGER_NAME).info("resuming %s after %d epoch(s) from %s", run.path, resume.epochs_done,
+                                            resume.checkpoint)
+        return run, handler
+    try:
+        run.save_split(split)
+    except BaseException:
+        run.detach_log(handler)
+        raise
+    return run, handler
