@@ -330,21 +330,34 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def cmd_semisup(args: argparse.Namespace) -> int:
-    from fewlabel.approaches.semisupervised import SemiSupervisedConfig, semisupervised
+    from fewlabel.approaches.semisupervised import (
+        TRAINED_METHODS,
+        SemiSupervisedConfig,
+        check_method_options,
+        semisupervised,
+    )
 
+    # The method-specific options default to None here, so that one given to a method that ignores it is an error.
+    fields = {"--neighbours": "neighbours", "--alpha": "alpha", "--rounds": "max_rounds", "--ratio": "ratio",
+              "--unlabelled-weight": "unlabelled_weight", "--ema": "ema", "--width": "width", "--lr": "lr",
+              "--ramp": "ramp"}
+    given = {flag: getattr(args, field if field != "max_rounds" else "rounds") for flag, field in fields.items()}
+    given = {flag: value for flag, value in given.items() if value is not None}
+    check_method_options(args.method, given, args.backbone)
     config = SemiSupervisedConfig(method=args.method, backbone=args.backbone, data=args.data, data_dir=args.data_dir,
                                   columns=_columns(args), labels=args.labels, seed=args.seed, split=args.split,
                                   image_size=args.image_size, skip_bad=args.skip_bad, threshold=args.threshold,
-                                  neighbours=args.neighbours, alpha=args.alpha, max_rounds=args.rounds,
-                                  ratio=args.ratio, unlabelled_weight=args.unlabelled_weight, ema=args.ema,
-                                  width=args.width, lr=args.lr,
+                                  **{fields[flag]: value for flag, value in given.items()},
                                   budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
     result = semisupervised(config)
     m = result.metrics
     pseudo = "n/a" if m["pseudo_label_accuracy"] is None else f"{m['pseudo_label_accuracy']:.3f}"
-    if m["method"] == "fixmatch":
-        print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (fixmatch; last epoch: mask "
-              f"rate {m['mask_rate']}, pseudo-label accuracy {pseudo})  run: {result.run_dir}")
+    if m["method"] in TRAINED_METHODS:
+        last = m["epochs"][-1] if m["epochs"] else {}
+        thresholds = (f", class thresholds {last['threshold_min']:.2f}-{last['threshold_max']:.2f}"
+                      if m["method"] == "flexmatch" and last else "")
+        print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  ({m['method']}; last epoch: "
+              f"mask rate {m['mask_rate']}, pseudo-label accuracy {pseudo}{thresholds})  run: {result.run_dir}")
         return 0
     print(f"test accuracy {m['test_accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  (labelled only "
           f"{m['labelled_only_test_accuracy']:.4f}; {m['pseudo_labelled']}/{m['pool']} pool samples pseudo-labelled, "
@@ -558,24 +571,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_budget_flags(ft)
     ft.set_defaults(func=cmd_finetune)
 
-    semi = sub.add_parser("semisup", help="semi-supervised: labels and the unlabelled pool together (frozen "
-                          "features: self-training, label spreading)")
+    semi = sub.add_parser("semisup", help="semi-supervised: labels and the unlabelled pool together (network: "
+                          "fixmatch, flexmatch, pseudolabel; frozen features: self-training, label spreading)")
     _add_data_flags(semi)
     semi.add_argument("--method", default="self-training",
-                      help="self-training (default) or label-spreading on frozen features; fixmatch trains the network")
+                      help="self-training (default) or label-spreading fit a head on frozen features; fixmatch, "
+                           "flexmatch (class-wise thresholds) and pseudolabel (one view, ramped weight) train the "
+                           "network")
     semi.add_argument("--backbone", default=None,
-                      help="frozen feature source, as for finetune (default: efficientnet_lite0 / minilm)")
+                      help="frozen feature source, as for finetune (default: efficientnet_lite0 / minilm); for the "
+                           "trained methods a pretrained network to fine-tune (default: from scratch)")
     semi.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained)")
     semi.add_argument("--threshold", type=float, default=0.95,
-                      help="confidence a pool sample needs to be pseudo-labelled, in (0, 1] (default 0.95)")
-    semi.add_argument("--neighbours", type=int, default=10, help="label spreading: neighbours in the kNN graph")
-    semi.add_argument("--alpha", type=float, default=0.2, help="label spreading: share taken from neighbours")
-    semi.add_argument("--rounds", type=int, default=10, help="self-training: most pseudo-labelling rounds")
-    semi.add_argument("--ratio", type=int, default=7, help="fixmatch: unlabelled samples per labelled one (default 7)")
-    semi.add_argument("--unlabelled-weight", type=float, default=1.0, help="fixmatch: weight of the unlabelled loss")
-    semi.add_argument("--ema", type=float, default=0.999, help="fixmatch: EMA decay of the evaluated weights")
-    semi.add_argument("--width", type=int, default=None, help="fixmatch from scratch: network width")
-    semi.add_argument("--lr", type=float, default=0.03, help="fixmatch: SGD (Nesterov) learning rate")
+                      help="confidence a pool sample needs to be pseudo-labelled, in (0, 1] (default 0.95; "
+                           "flexmatch: the best-learnt class's threshold)")
+    semi.add_argument("--neighbours", type=int, default=None, help="label spreading: neighbours in the kNN graph (10)")
+    semi.add_argument("--alpha", type=float, default=None, help="label spreading: share taken from neighbours (0.2)")
+    semi.add_argument("--rounds", type=int, default=None, help="self-training: most pseudo-labelling rounds (10)")
+    semi.add_argument("--ratio", type=int, default=None,
+                      help="fixmatch/flexmatch/pseudolabel: unlabelled samples per labelled one (default 7)")
+    semi.add_argument("--unlabelled-weight", type=float, default=None,
+                      help="fixmatch/flexmatch/pseudolabel: weight of the unlabelled loss (default 1)")
+    semi.add_argument("--ema", type=float, default=None,
+                      help="fixmatch/flexmatch/pseudolabel: EMA decay of the evaluated weights (default 0.999)")
+    semi.add_argument("--width", type=int, default=None,
+                      help="fixmatch/flexmatch/pseudolabel from scratch: network width")
+    semi.add_argument("--lr", type=float, default=None,
+                      help="fixmatch/flexmatch/pseudolabel: peak learning rate (default: images SGD-Nesterov 0.03, "
+                           "text/audio the modality's AdamW; with --backbone AdamW 3e-4)")
+    semi.add_argument("--ramp", type=float, default=None,
+                      help="pseudolabel: share of the steps over which the unlabelled weight rises linearly from 0 "
+                           "(default 0.4)")
     _add_budget_flags(semi)
     semi.set_defaults(func=cmd_semisup)
 

@@ -1,9 +1,19 @@
 """Semi-supervised learning: the labelled subset and the unlabelled pool used together.
 
-``fixmatch`` trains the network itself (:mod:`fewlabel.approaches.fixmatch`; modalities with a strong
-augmentation policy: images). Two cheap methods work for every modality, because they only need the cached
-frozen features of a backbone (images: EfficientNet-Lite0 or a fewlabel export; text: MiniLM; audio: a speech
-encoder):
+Three methods train the network itself (:mod:`fewlabel.approaches.fixmatch`, one shared module), from scratch
+(the modality's supervised network) or from ``--backbone`` (fine-tuned):
+
+* ``fixmatch``: weak and strong views of the pool (the modality's ``semisup_views``: images ``standard`` /
+  ``randaugment``; audio the ``standard`` waveform policy / waveform masks and stronger noise), one confidence
+  threshold;
+* ``flexmatch``: FixMatch with class-wise thresholds from each class's learning status (FlexMatch's curriculum
+  pseudo-labelling), which helps hard and rare classes (imbalanced labelled sets);
+* ``pseudolabel``: Lee's Pseudo-Label, one (weak) view trained on its own confident predictions, the unlabelled
+  weight ramped up linearly over the first 40% of the steps (``ramp``); it needs no strong view, so it also
+  trains text networks.
+
+Two cheap methods work for every modality, because they only need the cached frozen features of a backbone
+(images: EfficientNet-Lite0 or a fewlabel export; text: MiniLM; audio: a speech encoder):
 
 * ``self-training``: scikit-learn's ``SelfTrainingClassifier`` around the logistic-regression probe (standardised
   features, C chosen by cross-validation on the labelled set): pool samples predicted above ``threshold`` join the
@@ -24,7 +34,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +58,14 @@ from fewlabel.modalities import modality_of
 
 log = logging.getLogger(LOGGER_NAME)
 
-SEMISUP_METHODS = ("self-training", "label-spreading", "fixmatch")
-TRAINED_METHODS = ("fixmatch",)  # train the network itself (the others fit a head on frozen features)
+SEMISUP_METHODS = ("self-training", "label-spreading", "fixmatch", "flexmatch", "pseudolabel")
+TRAINED_METHODS = ("fixmatch", "flexmatch", "pseudolabel")  # train the network (the others: a head on features)
+STRONG_VIEW_METHODS = ("fixmatch", "flexmatch")  # need the modality's strong view
+# The semisup options that only some methods read (flag -> methods): any other method refuses them.
+METHOD_OPTIONS = {"--neighbours": ("label-spreading",), "--alpha": ("label-spreading",),
+                  "--rounds": ("self-training",), "--ratio": TRAINED_METHODS, "--unlabelled-weight": TRAINED_METHODS,
+                  "--ema": TRAINED_METHODS, "--lr": TRAINED_METHODS, "--width": TRAINED_METHODS,
+                  "--ramp": ("pseudolabel",)}
 DOMINANT_SHARE = 0.5  # warn when one class takes more than half of the pseudo-labels (with 3+ classes)
 
 
@@ -68,20 +85,40 @@ class SemiSupervisedConfig:
     neighbours: int = 10  # label spreading: kNN graph
     alpha: float = 0.2  # label spreading: how much a node takes from its neighbours (1 - clamping of the labels)
     max_rounds: int = 10  # self-training rounds
-    ratio: int = 7  # fixmatch: unlabelled samples per labelled one in a step
-    unlabelled_weight: float = 1.0  # fixmatch: weight of the unlabelled loss
-    ema: float = 0.999  # fixmatch: decay of the weights' moving average (the model validated, tested, saved)
-    width: int | None = None  # fixmatch from scratch (no --backbone): the network's width
-    lr: float = 0.03  # fixmatch: SGD with Nesterov momentum, cosine decay (the paper's)
+    # fixmatch, flexmatch, pseudolabel (the trained methods):
+    ratio: int = 7  # unlabelled samples per labelled one in a step
+    unlabelled_weight: float = 1.0  # weight of the unlabelled loss
+    ema: float = 0.999  # decay of the weights' moving average (the model validated, tested, saved)
+    width: int | None = None  # from scratch (no --backbone): the network's width
+    # None: from scratch, the modality's optimiser (text, audio: AdamW) or FixMatch's SGD with Nesterov momentum at
+    # 0.03 (images); with a backbone, fine-tuning's AdamW at 3e-4. A number: that peak rate, same optimiser.
+    lr: float | None = None
+    ramp: float = 0.4  # pseudolabel: share of the steps over which the unlabelled weight rises from 0
     budget: Budget = field(default_factory=Budget)
     out: str | None = None
     runs_dir: str = "runs"
 
 
+def check_method(method: str) -> None:
+    if method not in SEMISUP_METHODS:
+        raise FewlabelError(f"unknown semi-supervised method '{method}'; choose one of {', '.join(SEMISUP_METHODS)}")
+
+
+def check_method_options(method: str, given: Iterable[str], backbone: str | None = None) -> None:
+    """One line when an option given on the command line (``given``: flags such as ``--ratio``) means nothing to
+    ``method`` (e.g. ``--neighbours`` with ``flexmatch``, ``--ramp`` with ``fixmatch``, ``--width`` with a
+    ``--backbone``)."""
+    check_method(method)
+    for flag in given:
+        methods = METHOD_OPTIONS.get(flag)
+        if methods is not None and method not in methods:
+            raise FewlabelError(f"{flag} applies to --method {' or '.join(methods)}, not {method}")
+    if backbone and "--width" in given:
+        raise FewlabelError(f"--width sizes a network trained from scratch; --backbone {backbone} brings its own")
+
+
 def check_semisup_config(config: SemiSupervisedConfig) -> None:
-    if config.method not in SEMISUP_METHODS:
-        raise FewlabelError(f"unknown semi-supervised method '{config.method}'; choose one of "
-                            f"{', '.join(SEMISUP_METHODS)}")
+    check_method(config.method)
     if not 0.0 < config.threshold <= 1.0:
         raise FewlabelError(f"--threshold {config.threshold} is impossible; give a confidence in (0, 1]")
     if config.neighbours < 1 or config.max_rounds < 1 or not 0.0 < config.alpha < 1.0:
@@ -153,10 +190,11 @@ def labels_and_pool(config: SemiSupervisedConfig) -> tuple[LabelRequest, Any, An
 
 
 def semisupervised(config: SemiSupervisedConfig) -> RunResult:
-    """Pseudo-label the unlabelled pool on frozen features, then fit the final linear head on labels + pseudo."""
+    """Run ``config.method``: the trained methods through :func:`train_network`; the others pseudo-label the
+    unlabelled pool on frozen features, then fit the final linear head on labels + pseudo-labels."""
     check_semisup_config(config)
     if config.method in TRAINED_METHODS:
-        return train_fixmatch(config)
+        return train_network(config)
     request, dataset, split, pool_idx = labels_and_pool(config)
     modality = modality_of(dataset)
     loaded = modality.load_backbone(config.backbone, dataset, {"image_size": config.image_size, "frozen": True})
@@ -231,55 +269,99 @@ def semisupervised(config: SemiSupervisedConfig) -> RunResult:
     return RunResult(str(run.path), metrics)
 
 
-def train_fixmatch(config: SemiSupervisedConfig) -> RunResult:
-    """FixMatch from scratch (the modality's supervised network) or from ``config.backbone`` (fine-tuned)."""
+def threshold_policy(config: SemiSupervisedConfig, num_classes: int, pool_size: int) -> Any:
+    from fewlabel.approaches.fixmatch import FixedThreshold, FlexMatchThresholds
+
+    if config.method == "flexmatch":
+        return FlexMatchThresholds(pool_size, num_classes, config.threshold)
+    return FixedThreshold(config.threshold, num_classes)
+
+
+def train_network(config: SemiSupervisedConfig) -> RunResult:
+    """FixMatch, FlexMatch or Pseudo-Label, from scratch (the modality's supervised network) or from
+    ``config.backbone`` (fine-tuned)."""
     import lightning as L
 
-    from fewlabel.approaches.fixmatch import FixMatchModule, check_fixmatch, fixmatch_budget, fixmatch_loaders
+    from fewlabel.approaches.fixmatch import FixMatchModule, check_fixmatch, fixmatch_budget, semisup_loaders
+    from fewlabel.approaches.transfer import STRATEGY_OPTIM
+    from fewlabel.data.image_files import ImageFiles
     from fewlabel.engine.classification import OptimConfig
-    from fewlabel.engine.data import IndexedSamples, make_loader
+    from fewlabel.engine.data import IndexedSamples, default_workers, make_loader
     from fewlabel.engine.trainer import build_trainer
 
-    check_fixmatch(config.threshold, config.ratio, config.unlabelled_weight, config.ema)
+    method = config.method
+    check_fixmatch(config.threshold, config.ratio, config.unlabelled_weight, config.ema, config.ramp)
+    if config.backbone and config.width is not None:
+        raise FewlabelError(f"--width sizes a network trained from scratch; --backbone {config.backbone} brings its "
+                            "own")
     request, dataset, split, pool_idx = labels_and_pool(config)
     modality = modality_of(dataset)
     if config.backbone:
         loaded = modality.load_backbone(config.backbone, dataset, {"image_size": config.image_size, "frozen": False})
         dataset, model, source = loaded.dataset, modality.classifier(loaded.backbone, loaded.dataset), loaded.source
-        meta: dict[str, Any] = {"backbone": source, "strategy": "finetune", **modality.transfer_inputs(loaded)}
+        collate, save_files = loaded.collate, None
+        base_optim = STRATEGY_OPTIM["finetune"]  # the recipe `finetune` uses for a pretrained network
+        meta: dict[str, Any] = {"backbone": source, "strategy": "finetune", **modality.transfer_inputs(loaded),
+                                **({"backbone_dir": str(Path(source).resolve())} if Path(source).is_dir() else {})}
     else:
-        setup = modality.supervised_setup(None, "standard", config.width, dataset, split, config.seed)
-        model, source, meta = setup.model, setup.backbone, dict(setup.meta)
-    try:  # the weak and strong views: the modality's standard and RandAugment policies
-        weak = modality.augmentation("standard", dataset, config.seed).sample_transform
-        strong = modality.augmentation("randaugment", dataset, config.seed).sample_transform
+        dataset = modality.working_data(dataset, config.image_size)
+        setup = modality.supervised_setup(None, None, config.width, dataset, split, config.seed)
+        model, source, meta, collate, save_files = setup.model, setup.backbone, dict(setup.meta), setup.collate, \
+            setup.save_files
+        base_optim = setup.optim or OptimConfig(optimizer="nesterov", lr=0.03, weight_decay=5e-4,
+                                                warmup_fraction=0.0)  # FixMatch's
+    optim = replace(base_optim, lr=config.lr) if config.lr is not None else base_optim
+    try:
+        views = modality.semisup_views(dataset, config.seed)
     except FewlabelError:
-        raise FewlabelError(f"fixmatch needs a strong augmentation policy ('randaugment') for {dataset.modality} data, "
-                            "which fewlabel does not have yet; use --method label-spreading or self-training") from None
+        raise FewlabelError(f"{method} trains the network, which fewlabel cannot do on {modality.noun} yet; use "
+                            "--method label-spreading or self-training") from None
+    if method in STRONG_VIEW_METHODS and views.strong is None:
+        raise FewlabelError(f"{method} needs a strong augmentation of {modality.noun}, which fewlabel does not have "
+                            "yet; use --method pseudolabel (one view), label-spreading or self-training")
+    strong = views.strong if method in STRONG_VIEW_METHODS else None
     lab_idx = split.labelled(request, dataset.labels)
     val_idx = split.validation(request, dataset.labels)
     batch = fixmatch_budget(len(lab_idx), config.budget.batch_size)
-    train = fixmatch_loaders(dataset, lab_idx, pool_idx, weak, strong, batch, config.ratio, config.budget.workers)
+    train_samples = dataset.samples
+    if views.crops_to_size and isinstance(train_samples, ImageFiles):
+        train_samples = train_samples.whole_images()  # crops from the whole photo, not its centre square
+    train = semisup_loaders(dataset, lab_idx, pool_idx, views.weak, strong, batch, config.ratio,
+                            config.budget.workers, collate=collate, train_samples=train_samples)
     steps_per_epoch = max(1, len(pool_idx) // min(config.ratio * batch, len(pool_idx)))
     epochs = config.budget.resolve_epochs(steps_per_epoch)
-    val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, dataset.labels), 256, False, 0)
-    test_loader = make_loader(IndexedSamples(dataset.samples, split.test, dataset.labels), 256, False, 0)
-    optim = OptimConfig(optimizer="nesterov", lr=config.lr, weight_decay=5e-4, warmup_fraction=0.0)
-    name = f"semisup-{dataset.name}-{request.slug}-fixmatch-{source.replace('/', '_')}-s{config.seed}"
+    decoded = not isinstance(dataset.samples, torch.Tensor | list)  # image folders decode on access
+    eval_workers = (config.budget.workers if config.budget.workers is not None else default_workers(True)) \
+        if decoded else 0
+    eval_batch = modality.eval_batch_size(dataset, batch)
+    val_loader = make_loader(IndexedSamples(dataset.samples, val_idx, dataset.labels), eval_batch, False,
+                             eval_workers, collate_fn=collate)
+    test_loader = make_loader(IndexedSamples(dataset.samples, split.test, dataset.labels), eval_batch, False,
+                              eval_workers, collate_fn=collate)
+    ramp = config.ramp if method == "pseudolabel" else 0.0
+    name = f"semisup-{dataset.name}-{request.slug}-{method}-{source.replace('/', '_')}-s{config.seed}"
     run = RunFolder.create(config.out, name[:120], base=config.runs_dir)
     handler = run.attach_log()
     try:
         run.save_split(split)
+        if save_files is not None:
+            save_files(run)
+        view_names = {"weak": views.names.get("weak"), **({"strong": views.names.get("strong")} if strong else {})}
         run.write_config({"command": "semisup", **asdict(config), "backbone": source, "optim": asdict(optim),
-                          "batch_size": batch, "dataset": dataset.summary()})
+                          "batch_size": batch, "views": view_names, "ramp_used": ramp,
+                          "dataset": dataset.summary()})
         L.seed_everything(config.seed, workers=True, verbose=False)
+        if modality.channels_last:  # convolutions: the kernels predict uses too
+            model = model.to(memory_format=torch.channels_last)
         model.train()
-        module = FixMatchModule(model, dataset.num_classes, optim, config.threshold, config.unlabelled_weight,
-                                config.ema)
+        module = FixMatchModule(model, dataset.num_classes, optim,
+                                threshold_policy(config, dataset.num_classes, len(pool_idx)),
+                                config.unlabelled_weight, config.ema, ramp=ramp)
         trainer = build_trainer(run, max_epochs=epochs, monitor="val_acc", accelerator=config.budget.accelerator,
-                                devices=config.budget.devices, precision=config.budget.precision,
-                                max_minutes=config.budget.max_minutes, progress=config.budget.progress)
-        log.info("fixmatch on %d labelled (batch %d) + %d unlabelled (batch %d) examples, %d epochs of %d steps",
+                                devices=config.budget.devices, num_nodes=config.budget.num_nodes,
+                                precision=config.budget.precision, max_minutes=config.budget.max_minutes,
+                                progress=config.budget.progress)
+        log.info("%s on %d labelled (batch %d) + %d unlabelled (batch %d) examples, %d epochs of %d steps", method,
                  len(lab_idx), batch, len(pool_idx), config.ratio * batch, epochs, steps_per_epoch)
         started = time.perf_counter()
         trainer.fit(module, train, val_loader)
@@ -287,17 +369,23 @@ def train_fixmatch(config: SemiSupervisedConfig) -> RunResult:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         trainer.test(module, test_loader, ckpt_path=best or None, verbose=False)
         last = module.history[-1] if module.history else {}
-        metrics = {"method": "fixmatch", **module.test_results,
+        metrics = {"method": method, **module.test_results,
                    "best_val_accuracy": float(trainer.checkpoint_callback.best_model_score or 0.0),
                    "threshold": config.threshold, "ratio": config.ratio, "unlabelled_weight": config.unlabelled_weight,
-                   "ema": config.ema, "mask_rate": last.get("mask_rate"),
-                   "pseudo_label_accuracy": last.get("pseudo_label_accuracy"), "pool": len(pool_idx),
-                   "pseudo_labelled": None, "labelled_only_test_accuracy": None,
+                   "ema": config.ema, "ramp": ramp, "mask_rate": last.get("mask_rate"),
+                   "pseudo_label_accuracy": last.get("pseudo_label_accuracy"),
+                   "class_thresholds": [round(float(t), 4) for t in module.policy.thresholds()],
+                   "pool": len(pool_idx), "pseudo_labelled": None, "labelled_only_test_accuracy": None,
                    "epochs": module.history, "train_seconds": round(seconds, 3), "batch_size": batch,
+                   "optim": asdict(optim), "views": view_names,
                    "split": {"seed": split.seed, "labels": str(request), **split.sizes(request, dataset.labels)}}
+        log.info("%s: last epoch mask rate %s, pseudo-label accuracy %s (hidden labels), class thresholds %.3f-%.3f; "
+                 "test accuracy %.4f", method, last.get("mask_rate"), last.get("pseudo_label_accuracy"),
+                 last.get("threshold_min", float("nan")), last.get("threshold_max", float("nan")),
+                 metrics["test_accuracy"])
         if run.primary:
             save_classifier(run, module.ema.module, dataset.classes,
-                            {"modality": dataset.modality, "semisupervised": "fixmatch", **meta,
+                            {"modality": dataset.modality, "semisupervised": method, **meta,
                              **modality.data_meta(dataset)})
         run.write_metrics(metrics)
     finally:
@@ -305,5 +393,5 @@ def train_fixmatch(config: SemiSupervisedConfig) -> RunResult:
     return RunResult(str(run.path), metrics)
 
 
-__all__ = ["SEMISUP_METHODS", "SemiSupervisedConfig", "pseudo_label_report", "self_train", "semisupervised",
-           "spread_labels"]
+__all__ = ["SEMISUP_METHODS", "SemiSupervisedConfig", "check_method_options", "pseudo_label_report", "self_train",
+           "semisupervised", "spread_labels", "train_network"]

@@ -10,6 +10,11 @@ Where each step runs, so that the policies fit ``ClassificationModule`` unchange
   waveforms here, and returns soft labels ``(B, num_classes)``, which ``F.cross_entropy`` takes as class
   probabilities, as it does for the image policies' MixUp).
 
+The strong view of semi-supervised training (FixMatch, FlexMatch) is per-sample too and stays a waveform:
+``strong_waveform_augment`` chains ``WaveformMasking`` (SpecAugment's frequency and time masks done on the waveform:
+band-stop bands through the FFT, silenced spans, a white-noise floor) with a stronger ``WaveformAugment``. Any audio
+model takes it (log-mel CNNs and speech encoders), and the labelled batch and both views share one forward pass.
+
 The classifier is expected to start with a ``LogMel``: it takes int16 waveforms (validation and test batches, and
 the ``none`` policy, reach the model untransformed), float waveforms (after ``WaveformAugment`` or ``MixUp``) and
 passes already computed features through, so a SpecAugment batch needs no engine change. ``specaugment`` therefore
@@ -178,34 +183,13 @@ def mix_at_snr(wave: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.
     return wave + scale * noise
 
 
-class WaveformAugment:
-    """Per-sample transform for the data loader: int16 (or float) ``(L,)`` -> float32 ``(L,)``.
-
-    In this order: a uniform random time shift in ±``max_shift_s`` (zero fill); with probability ``noise_prob`` a
-    random segment of a random clip from ``noise`` mixed at a uniform random SNR in ``snr_db`` (dB, relative to the
-    clip's own mean power); a uniform random gain in ``gain_db`` (dB) on the mixture, as a recording level would be.
-
-    Random numbers come from a private ``torch.Generator`` seeded from ``seed``; each DataLoader worker (and each
+class _SampleRandom:
+    """Per-sample transforms' private ``torch.Generator``, seeded from ``seed``; each DataLoader worker (and each
     distributed rank) reseeds its copy on first use from ``seed``, the worker's seed and the rank, so workers draw
-    different augmentations and a seeded run repeats them.
-    """
+    different augmentations and a seeded run repeats them."""
 
-    def __init__(self, noise: Sequence[torch.Tensor] = (), seed: int = 0, sample_rate: int = SAMPLE_RATE,
-                 max_shift_s: float = 0.1, gain_db: tuple[float, float] = (-6.0, 6.0),
-                 snr_db: tuple[float, float] = (0.0, 20.0), noise_prob: float = 0.8) -> None:
-        self.noise = [torch.as_tensor(n).reshape(-1) for n in noise]
-        if any(len(n) == 0 for n in self.noise):
-            raise FewlabelError("a background-noise clip is empty; drop it from the noise list")
-        if gain_db[0] > gain_db[1] or snr_db[0] > snr_db[1]:
-            raise FewlabelError(f"gain {gain_db} and SNR {snr_db} ranges must be (low, high)")
-        if not 0.0 <= noise_prob <= 1.0 or max_shift_s < 0:
-            raise FewlabelError(f"noise probability {noise_prob} must be in [0, 1], shift {max_shift_s} s >= 0")
+    def __init__(self, seed: int) -> None:
         self.seed = seed
-        self.sample_rate = sample_rate
-        self.max_shift = round(max_shift_s * sample_rate)
-        self.gain_db = gain_db
-        self.snr_db = snr_db
-        self.noise_prob = noise_prob if self.noise else 0.0
         self._generator: torch.Generator | None = None
         self._owner: tuple[int, int | None] | None = None  # (process id, worker seed) the generator was made for
 
@@ -223,8 +207,37 @@ class WaveformAugment:
             self._owner = owner
         return self._generator
 
-    def _uniform(self, low: float, high: float, generator: torch.Generator) -> float:
+    @staticmethod
+    def _uniform(low: float, high: float, generator: torch.Generator) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))
+
+
+class WaveformAugment(_SampleRandom):
+    """Per-sample transform for the data loader: int16 (or float) ``(L,)`` -> float32 ``(L,)``.
+
+    In this order: a uniform random time shift in ±``max_shift_s`` (zero fill); with probability ``noise_prob`` a
+    random segment of a random clip from ``noise`` mixed at a uniform random SNR in ``snr_db`` (dB, relative to the
+    clip's own mean power); a uniform random gain in ``gain_db`` (dB) on the mixture, as a recording level would be.
+
+    Random numbers come from a private generator (see ``_SampleRandom``): seeded runs repeat, workers differ.
+    """
+
+    def __init__(self, noise: Sequence[torch.Tensor] = (), seed: int = 0, sample_rate: int = SAMPLE_RATE,
+                 max_shift_s: float = 0.1, gain_db: tuple[float, float] = (-6.0, 6.0),
+                 snr_db: tuple[float, float] = (0.0, 20.0), noise_prob: float = 0.8) -> None:
+        super().__init__(seed)
+        self.noise = [torch.as_tensor(n).reshape(-1) for n in noise]
+        if any(len(n) == 0 for n in self.noise):
+            raise FewlabelError("a background-noise clip is empty; drop it from the noise list")
+        if gain_db[0] > gain_db[1] or snr_db[0] > snr_db[1]:
+            raise FewlabelError(f"gain {gain_db} and SNR {snr_db} ranges must be (low, high)")
+        if not 0.0 <= noise_prob <= 1.0 or max_shift_s < 0:
+            raise FewlabelError(f"noise probability {noise_prob} must be in [0, 1], shift {max_shift_s} s >= 0")
+        self.sample_rate = sample_rate
+        self.max_shift = round(max_shift_s * sample_rate)
+        self.gain_db = gain_db
+        self.snr_db = snr_db
+        self.noise_prob = noise_prob if self.noise else 0.0
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
         generator = self.generator()
@@ -244,6 +257,108 @@ class WaveformAugment:
     def __repr__(self) -> str:
         return (f"WaveformAugment(shift=±{self.max_shift / self.sample_rate:g}s, gain_db={self.gain_db}, "
                 f"noise={len(self.noise)} clips at SNR {self.snr_db} dB p={self.noise_prob:g})")
+
+
+def band_stop(wave: torch.Tensor, bands: Sequence[tuple[float, float]], sample_rate: int) -> torch.Tensor:
+    """The clip without the frequencies of ``bands`` ((low, high) Hz, high excluded): its real FFT with those bins
+    zeroed, back in the time domain at the same length. The waveform counterpart of SpecAugment's frequency mask."""
+    n = wave.shape[-1]
+    spectrum = torch.fft.rfft(wave.float())
+    freqs = torch.fft.rfftfreq(n, 1.0 / sample_rate)
+    for low, high in bands:
+        spectrum[..., (freqs >= low) & (freqs < high)] = 0
+    return torch.fft.irfft(spectrum, n=n)
+
+
+def hz_to_mel(hz: float) -> float:
+    """HTK mel scale, as ``LogMel``'s filter bank."""
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
+
+
+def mel_to_hz(mel: float) -> float:
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+class WaveformMasking(_SampleRandom):
+    """Per-sample transform, SpecAugment's masks on the waveform: int16 (or float) ``(L,)`` -> float32 ``(L,)``.
+
+    ``freq_masks`` bands, each 0..``max_band`` of the mel range (0 Hz to Nyquist) wide at a uniform random place on
+    the mel scale, removed (:func:`band_stop`); ``time_masks`` spans of 0..``max_time_s`` silenced (zeroed); then,
+    when ``white_snr_db`` is given, white noise at a uniform random SNR in that range (dB, relative to the clip's
+    power before masking), which also gives the silenced spans a noise floor instead of digital silence.
+
+    Written for the strong view of FixMatch / FlexMatch: it works on the waveform, so any audio model takes it
+    (log-mel CNNs and speech encoders alike), and it keeps the weak and strong views the same kind of tensor, so
+    the labelled batch and both views go through the network as one batch.
+    """
+
+    def __init__(self, seed: int = 0, sample_rate: int = SAMPLE_RATE, freq_masks: int = 2, max_band: float = 0.15,
+                 time_masks: int = 2, max_time_s: float = 0.1,
+                 white_snr_db: tuple[float, float] | None = (10.0, 30.0)) -> None:
+        super().__init__(seed)
+        if min(freq_masks, time_masks) < 0 or not 0.0 <= max_band <= 1.0 or max_time_s < 0:
+            raise FewlabelError("waveform mask counts must be >= 0, the band width in [0, 1] of the mel range and "
+                                "the span length >= 0 s")
+        if white_snr_db is not None and white_snr_db[0] > white_snr_db[1]:
+            raise FewlabelError(f"white-noise SNR range {white_snr_db} must be (low, high)")
+        self.sample_rate = sample_rate
+        self.freq_masks, self.max_band = freq_masks, max_band
+        self.time_masks, self.max_time = time_masks, round(max_time_s * sample_rate)
+        self.white_snr_db = white_snr_db
+
+    def __call__(self, wave: torch.Tensor) -> torch.Tensor:
+        generator = self.generator()
+        out = to_float_waveform(wave).float().clone()
+        n = out.shape[-1]
+        power = out.square().mean()
+        top = hz_to_mel(self.sample_rate / 2)
+        bands = []
+        for _ in range(self.freq_masks):
+            width = self._uniform(0.0, self.max_band, generator) * top
+            start = self._uniform(0.0, top - width, generator)
+            bands.append((mel_to_hz(start), mel_to_hz(start + width)))
+        if bands:
+            out = band_stop(out, bands, self.sample_rate)
+        for _ in range(self.time_masks):
+            width = int(torch.randint(0, min(self.max_time, n) + 1, (), generator=generator))
+            start = int(torch.randint(0, n - width + 1, (), generator=generator))
+            out[..., start:start + width] = 0.0
+        if self.white_snr_db is not None and power > 0:
+            snr = self._uniform(*self.white_snr_db, generator)
+            noise = torch.randn(out.shape, generator=generator)  # unit power
+            out = out + torch.sqrt(power / 10.0 ** (snr / 10.0)) * noise
+        return out
+
+    def __repr__(self) -> str:
+        noise = f", white noise at SNR {self.white_snr_db} dB" if self.white_snr_db else ""
+        return (f"WaveformMasking({self.freq_masks} bands <= {self.max_band:g} of the mel range, {self.time_masks} "
+                f"spans <= {self.max_time / self.sample_rate:g}s{noise})")
+
+
+class SampleChain:
+    """Per-sample transforms applied in order (picklable, for loader workers)."""
+
+    def __init__(self, *transforms: Any) -> None:
+        self.transforms = transforms
+
+    def __call__(self, sample: torch.Tensor) -> torch.Tensor:
+        for transform in self.transforms:
+            sample = transform(sample)
+        return sample
+
+    def __repr__(self) -> str:
+        return " -> ".join(repr(t) for t in self.transforms)
+
+
+def strong_waveform_augment(noise: Sequence[torch.Tensor] = (), seed: int = 0,
+                            sample_rate: int = SAMPLE_RATE) -> SampleChain:
+    """The strong view of semi-supervised training on audio (the counterpart of images' RandAugment):
+    :class:`WaveformMasking` (two band-stop masks up to 15% of the mel range, two silenced spans up to 0.1 s, white
+    noise at 10-30 dB SNR), then the ``standard`` :class:`WaveformAugment` made stronger: shifts up to ±0.2 s,
+    gains within ±10 dB, and the dataset's background noise (when it has any) always mixed, at 0-15 dB SNR."""
+    return SampleChain(WaveformMasking(seed=_mix(seed, 3), sample_rate=sample_rate),
+                       WaveformAugment(noise, seed=_mix(seed, 4), sample_rate=sample_rate, max_shift_s=0.2,
+                                       gain_db=(-10.0, 10.0), snr_db=(0.0, 15.0), noise_prob=1.0))
 
 
 class _BatchRandom(nn.Module):

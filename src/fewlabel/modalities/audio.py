@@ -21,6 +21,7 @@ from fewlabel.modalities.base import (
     FeatureExtractor,
     LoadedBackbone,
     Modality,
+    SemisupViews,
     batched_feature_extractor,
 )
 from fewlabel.names import AUDIO_METHODS, AUDIO_POLICIES
@@ -137,6 +138,19 @@ class AudioModality(Modality):
         samples = loaded.dataset.samples
         return batched_feature_extractor(loaded.backbone, lambda idx: samples[torch.as_tensor(np.asarray(idx))],
                                          device, FEATURE_BATCH)
+
+    # --- semi-supervised -------------------------------------------------------------------------------------
+    def semisup_views(self, dataset: Dataset, seed: int) -> SemisupViews:
+        """Weak: the ``standard`` waveform policy (shift, background noise, gain). Strong: SpecAugment-like masks on
+        the waveform (band-stop bands, silenced spans, white noise), then stronger shifts, gains and noise
+        (:func:`fewlabel.augment.audio.strong_waveform_augment`). Both stay waveforms, so any audio model (log-mel
+        CNN or speech encoder) takes them, and the labelled batch and both views share one forward pass."""
+        from fewlabel.augment.audio import strong_waveform_augment
+
+        weak = self.augmentation("standard", dataset, seed).sample_transform
+        strong = strong_waveform_augment(dataset.extra.get("noise") or (), seed=seed,
+                                         sample_rate=self.sample_rate(dataset))
+        return SemisupViews(weak, strong, {"weak": "standard", "strong": "masked-waveform"})
 
     # --- self-supervised --------------------------------------------------------------------------------------
     def pretrain(self, dataset: Dataset, split: LabelSplit, config: Any, resume: Any = None) -> Any:

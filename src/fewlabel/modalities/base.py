@@ -12,6 +12,8 @@ The approaches, evaluation, transfer and compare never test a modality's name: t
   (what ``model.json`` needs to feed new inputs), ``check_transfer_options``;
 * **frozen features**: ``feature_extractor`` (indices -> features), used by every probe through
   :func:`fewlabel.evaluate.frozen.frozen_features`;
+* **semi-supervised**: ``semisup_views`` (the weak and strong views FixMatch / FlexMatch / Pseudo-Label take of
+  an unlabelled sample);
 * **self-supervised**: ``pretext_methods`` and ``pretrain`` (the pretext tasks it supports), ``load_export``
   (a pretraining run's backbone, for ``evaluate``);
 * **compare**: ``compare_budget`` (the preset's variants in this modality), ``default_backbones``,
@@ -70,6 +72,20 @@ class LoadedBackbone:
     source: str  # what was loaded (the modality's default when none was asked for)
     collate: Callable | None = None  # (sample, label) pairs -> (model batch, labels), for training
     encode: Callable | None = None  # a list of samples -> model batch, for features (None: tensors stack)
+
+
+@dataclass
+class SemisupViews:
+    """The views semi-supervised training takes of a pool sample (per-sample transforms, picklable; None: the sample
+    as it is). The weak view's confident predictions become pseudo-labels; the strong one is trained to predict
+    them (FixMatch, FlexMatch). ``strong`` None: the modality has no strong view, and only the methods that need
+    one view (Pseudo-Label) train its networks. Both views must return the same kind of sample as the labelled
+    batch's ``weak`` view, so that they can go through the network together."""
+
+    weak: Callable | None
+    strong: Callable | None
+    names: dict[str, str]  # {"weak": ..., "strong": ...}, for config.yaml and messages
+    crops_to_size: bool = False  # the transforms crop to the working size (image folders: feed whole photos)
 
 
 class Modality:
@@ -147,6 +163,11 @@ class Modality:
     def feature_extractor(self, loaded: LoadedBackbone, device: torch.device | None) -> FeatureExtractor:
         """Features of ``loaded.dataset``'s samples at given indices, float32 on the CPU, the backbone frozen."""
         raise self._unsupported("feature extraction")
+
+    # --- semi-supervised -------------------------------------------------------------------------------------
+    def semisup_views(self, dataset: Dataset, seed: int) -> SemisupViews:
+        """The weak and strong views of unlabelled samples (see :class:`SemisupViews`)."""
+        raise self._unsupported("semi-supervised training of the network")
 
     # --- self-supervised --------------------------------------------------------------------------------------
     def pretrain(self, dataset: Dataset, split: LabelSplit, config: Any, resume: Any = None) -> Any:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fewlabel.errors import FewlabelError
-from fewlabel.modalities.base import ClassifierSetup, FeatureExtractor, LoadedBackbone, Modality
+from fewlabel.modalities.base import ClassifierSetup, FeatureExtractor, LoadedBackbone, Modality, SemisupViews
 from fewlabel.names import IMAGE_METHODS, IMAGE_POLICIES
 
 if TYPE_CHECKING:
@@ -123,6 +123,13 @@ class ImageModality(Modality):
             return extract_features(loaded.backbone, loaded.dataset.samples, indices, batch_size=256, device=device)
 
         return extract
+
+    # --- semi-supervised -------------------------------------------------------------------------------------
+    def semisup_views(self, dataset: Dataset, seed: int) -> SemisupViews:
+        """FixMatch's views: the ``standard`` crops (and flips where labels allow them) and ``randaugment`` on top."""
+        weak = self.augmentation("standard", dataset, seed).sample_transform
+        strong = self.augmentation("randaugment", dataset, seed).sample_transform
+        return SemisupViews(weak, strong, {"weak": "standard", "strong": "randaugment"}, crops_to_size=True)
 
     # --- self-supervised --------------------------------------------------------------------------------------
     def pretrain(self, dataset: Dataset, split: LabelSplit, config: Any, resume: Any = None) -> Any:

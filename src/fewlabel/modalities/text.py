@@ -16,6 +16,7 @@ from fewlabel.modalities.base import (
     FeatureExtractor,
     LoadedBackbone,
     Modality,
+    SemisupViews,
     batched_feature_extractor,
 )
 from fewlabel.names import TEXT_METHODS, TEXT_POLICIES
@@ -122,6 +123,12 @@ class TextModality(Modality):
         samples, encode = loaded.dataset.samples, loaded.encode
         return batched_feature_extractor(loaded.backbone, lambda idx: encode([samples[i] for i in idx]), device,
                                          FEATURE_BATCH)
+
+    # --- semi-supervised -------------------------------------------------------------------------------------
+    def semisup_views(self, dataset: Dataset, seed: int) -> SemisupViews:
+        """The text as it is for the weak view (Pseudo-Label's one view); no strong view yet (FixMatch's needs
+        back-translation-strength changes, which the word-level policies are not), so no FixMatch / FlexMatch."""
+        return SemisupViews(None, None, {"weak": "none"})
 
     # --- self-supervised --------------------------------------------------------------------------------------
     def pretrain(self, dataset: Dataset, split: LabelSplit, config: Any, resume: Any = None) -> Any:
