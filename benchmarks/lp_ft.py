@@ -30,8 +30,11 @@ from _cells import CellStore
 from fewlabel.cli import main as fewlabel
 
 BACKBONE = {"digits": "efficientnet_lite0", "fashion-mnist": "efficientnet_lite0", "rotten-tomatoes": "minilm"}
+# "after" is the default (LP-FT with the head scaled for fine-tuning, BatchNorm by --bn auto); "after-unscaled" is
+# LP-FT from the raw probe head, as measured first (lp_ft.json's "after-bn-train": --bn auto gives train there).
 VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after": [],
-            "after-bn-train": ["--bn", "train"]}
+            "after-bn-train": ["--bn", "train"], "after-unscaled": ["--no-lp-head-scale"],
+            "after-bn-frozen": ["--bn", "frozen"]}
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}
 
 
@@ -49,7 +52,8 @@ def cell(data: str, fraction: str, seed: int, strategy: str, variant: str, work:
             "best_val_accuracy": m.get("best_val_accuracy"), "tuned_test_accuracy": m.get("tuned_test_accuracy"),
             "train_seconds": m["train_seconds"], "lp_seconds": m.get("lp_seconds"),
             "sweep_extra_seconds": sweep.get("extra_seconds"), "chosen_lr": sweep.get("chosen_lr"),
-            "batchnorm": (m.get("transfer") or {}).get("batchnorm"), "epochs_run": m.get("epochs_run")}
+            "batchnorm": (m.get("transfer") or {}).get("batchnorm"), "epochs_run": m.get("epochs_run"),
+            "lp_head_scale": m.get("lp_head_scale")}
 
 
 def summarise(store: CellStore) -> None:
@@ -70,6 +74,14 @@ def main() -> None:
     parser.add_argument("--fractions", default="0.05,0.1,0.2,1.0")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strategies", default="finetune,partial")
+    parser.add_argument("--variants", default="before,after",
+                        help=f"comma-separated, of {', '.join(VARIANTS)} (the feature-extract reference always runs)")
+    parser.add_argument("--import-from", default=None, metavar="JSON",
+                        help="copy these variants' finished cells from an earlier store (marked imported_from) "
+                        "instead of rerunning them: for variants whose code path did not change")
+    parser.add_argument("--import-variants", default="before,reference",
+                        help="with --import-from: the variants to copy; OLD=NEW renames one "
+                        "(after-bn-train=after-unscaled)")
     parser.add_argument("--json", default="benchmarks/results/lp_ft.json")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--summary", action="store_true", help="print the table of the stored cells and exit")
@@ -78,6 +90,17 @@ def main() -> None:
     if args.summary:
         summarise(store)
         return
+    if args.import_from:
+        old = CellStore(args.import_from).data["cells"]
+        renames = dict(v.split("=") if "=" in v else (v, v) for v in args.import_variants.split(","))
+        for c in old:
+            if c["data"] == args.data and c["variant"] in renames:
+                key = {k: c[k] for k in ("data", "labels", "seed", "strategy")} | {"variant": renames[c["variant"]]}
+                store.run(key, lambda c=c, key=key: {k: v for k, v in c.items() if k not in key}
+                          | {"imported_from": args.import_from})
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         for fraction in args.fractions.split(","):
@@ -86,7 +109,7 @@ def main() -> None:
                 store.run({**key, "strategy": "feature-extract", "variant": "reference"},
                           lambda f=fraction, s=seed: cell(args.data, f, s, "feature-extract", "reference", Path(tmp)))
                 for strategy in args.strategies.split(","):
-                    for variant in VARIANTS:
+                    for variant in args.variants.split(","):
                         store.run({**key, "strategy": strategy, "variant": variant},
                                   lambda f=fraction, s=seed, st=strategy, v=variant: cell(
                                       args.data, f, s, st, v, Path(tmp)))

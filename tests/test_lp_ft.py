@@ -4,6 +4,7 @@ learning-rate sweep that continues its winner, and the fallback to the probe."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,9 @@ from fewlabel.cli import main
 from fewlabel.data import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit, make_split
 from fewlabel.engine.classification import ClassificationModule, OptimConfig
-from fewlabel.engine.fit import sweep_rates, trial_epochs
+from fewlabel.engine.fit import best_logit_scale, scale_head_for_training, sweep_rates, trial_epochs
 from fewlabel.evaluate.frozen import frozen_features, linear_probe_start
-from fewlabel.evaluate.probes import fit_linear_probe, probe_as_linear
+from fewlabel.evaluate.probes import UNSEEN_CLASS_LOGIT, fit_linear_probe, probe_as_linear
 from fewlabel.modalities import modality_of
 from fewlabel.modalities.image import prepare_backbone
 from fewlabel.models import Classifier, create_backbone
@@ -45,6 +46,70 @@ def test_head_after_the_probe_stage_is_the_probe(tiny_export: Path) -> None:
     assert torch.equal(start.state["head.weight"], model.head.weight.detach())
     # Its validation score is measured on the run's validation split (what fine-tuning is held to).
     assert 0.0 < start.val_accuracy <= 1.0
+
+
+def test_best_logit_scale_by_hand() -> None:
+    """Three examples with logits [0, 1], labels 1, 1, 0: the loss 3 ln(1 + e^s) - 2 s is least where
+    3 sigmoid(s) = 2, at s = ln 2."""
+    logits = torch.tensor([[0.0, 1.0]] * 3)
+    assert best_logit_scale(logits, torch.tensor([1, 1, 0])) == pytest.approx(math.log(2.0), abs=1e-6)
+    # Soft targets (mixup) give the same answer as the hard labels they average.
+    soft = torch.tensor([[1 / 3, 2 / 3]] * 3)
+    assert best_logit_scale(logits, soft) == pytest.approx(math.log(2.0), abs=1e-6)
+    # Never sharpened: a head that is right on every example keeps s = 1 ...
+    assert best_logit_scale(logits, torch.tensor([1, 1, 1])) == 1.0
+    # ... and one that is wrong more often than right goes to 0 (scale_head_for_training floors it).
+    assert best_logit_scale(logits, torch.tensor([0, 0, 1])) == 0.0
+    # Classes left out of the scaling keep their logits: with logits [0, 10 s, 1] (the third class fixed at 1)
+    # and labels 1, 1, 0, the loss 3 ln(1 + e^u + e) - 2 u (u = 10 s) is least where 3 e^u = 2 (1 + e^u + e),
+    # at u = ln(2 (1 + e)) = 2.006.
+    expected = math.log(2.0 * (1.0 + math.e))
+    got = best_logit_scale(torch.tensor([[0.0, 10.0, 1.0]] * 3), torch.tensor([1, 1, 0]),
+                           scaled=torch.tensor([True, True, False]))
+    assert got * 10 == pytest.approx(expected, abs=1e-5)
+
+
+def test_head_scaled_for_fine_tuning_is_the_probe_times_its_scale(tiny_export: Path) -> None:
+    """The head fine-tuning starts from is the probe times the recorded scale (classes the probe never saw keep
+    their -1e4 bias), so it predicts the same classes; the measuring pass leaves the BatchNorm statistics as they
+    were; the starting point (the fallback's reference) keeps the unscaled probe."""
+    dataset = load_dataset("digits")
+    modality = modality_of(dataset)
+    loaded = modality.load_backbone(str(tiny_export), dataset, {"image_size": 8, "frozen": False})
+    model = modality.classifier(loaded.backbone, loaded.dataset)
+    split = make_split(loaded.dataset, seed=0)
+    request = LabelRequest.parse("0.1")
+    start = linear_probe_start(model, loaded, split, request, seed=0)
+    assert start.scale_head
+    probe_w, probe_b = model.head.weight.detach().clone(), model.head.bias.detach().clone()
+    probe_b[3] = UNSEEN_CLASS_LOGIT  # as if class 3 had no labelled example
+    with torch.no_grad():
+        model.head.bias[3] = UNSEEN_CLASS_LOGIT
+        model.head.weight[3] = 0.0
+    probe_w[3] = 0.0
+    bn = batchnorm_layers(model)[0]
+    stats = bn.running_mean.clone()
+
+    train_idx = split.labelled(request, loaded.dataset.labels)
+    x = loaded.dataset.samples[torch.as_tensor(train_idx)]
+    # Noise stands in for augmentation: the probe's logits on these inputs are far off, so it is softened.
+    noisy = x.float() + 4 * torch.randn(x.shape)
+    y = torch.as_tensor(loaded.dataset.labels[train_idx])
+    loader = [(noisy[i:i + 16], y[i:i + 16]) for i in range(0, len(y), 16)]
+    record = scale_head_for_training(model, loader, None, [], max_examples=64)
+    assert record["examples"] == 64 and 0.0 < record["scale"] <= 1.0
+    assert record["loss_after"] <= record["loss_before"]
+    seen = torch.arange(dataset.num_classes) != 3
+    assert torch.allclose(model.head.weight[seen], probe_w[seen] * record["scale"], rtol=1e-5, atol=1e-7)
+    assert torch.allclose(model.head.bias[seen], probe_b[seen] * record["scale"], rtol=1e-5, atol=1e-7)
+    assert model.head.bias[3] == UNSEEN_CLASS_LOGIT and not model.head.weight[3].any()
+    assert torch.equal(bn.running_mean, stats)
+    features = frozen_features(loaded, split.test)[0]
+    with torch.no_grad():
+        scaled = model.head(features).argmax(dim=1)
+        raw = (features @ probe_w.T + probe_b).argmax(dim=1)
+    assert torch.equal(scaled, raw)
+    assert not torch.equal(start.state["head.weight"], model.head.weight.detach()) or record["scale"] == 1.0
 
 
 def _bn_model() -> Classifier:

@@ -77,6 +77,9 @@ class TransferConfig:
     # finetune/partial: LP-FT (Kumar et al. 2022): fit the head as feature-extract does, then fine-tune from it;
     # the run never returns a model below that probe on validation.
     lp_ft: bool = True
+    # LP-FT: fine-tune from the probe's head scaled by the temperature that minimises the loss of the first
+    # training batches as fine-tuning sees them (fewlabel.engine.fit.scale_head_for_training); False: the raw probe.
+    lp_head_scale: bool = True
     bn: str = "auto"  # auto | train | frozen | frozen-affine (BatchNorm layers of the backbone)
     lr_sweep: int = 3  # learning rates tried (lr/3, lr, 3 lr) on the first part of the run; 1 = no sweep
     sweep_fraction: float = 0.12
@@ -160,7 +163,8 @@ def finetune(config: TransferConfig) -> RunResult:
         else:
             assert policy is not None
             start = linear_probe_start(model, loaded, split, request, config.seed, config.full_validation,
-                                       config.budget.accelerator) if config.lp_ft else None
+                                       config.budget.accelerator, scale_head=config.lp_head_scale) \
+                if config.lp_ft else None
             if start is not None:
                 extra["lp_seconds"] = start.metrics["train_seconds"]
             rates = sweep_rates(optim.lr, config.lr_sweep)

@@ -15,6 +15,8 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from safetensors.torch import save_file
 from torch import nn
 
@@ -81,6 +83,110 @@ class StartingPoint:
     val_accuracy: float
     state: dict[str, torch.Tensor]
     metrics: dict[str, Any]
+    # Fine-tune from the probe's head softened by :func:`scale_head_for_training` (``state`` stays the probe).
+    scale_head: bool = True
+
+
+# LP-FT's head temperature is measured on up to this many training examples (whole batches of the run's size).
+HEAD_SCALE_EXAMPLES = 512
+
+
+def best_logit_scale(logits: torch.Tensor, targets: torch.Tensor, scaled: torch.Tensor | None = None) -> float:
+    """The ``s`` in [0, 1] that minimises the mean cross-entropy of ``s * logits`` against ``targets`` (class
+    indices, or probabilities as mixup / cutmix give them); ``scaled`` (a boolean per class) limits the scaling to
+    those classes' logits (the others stay as they are: the probe's never-seen classes).
+
+    The loss is convex in ``s`` (log-sum-exp of a linear function minus a linear function), so a golden-section
+    search finds the minimum; ``s`` is never above 1: the head is only ever softened, never sharpened.
+    """
+    logits = logits.detach().double()
+    targets = targets.detach()
+    targets = targets.double() if targets.is_floating_point() else targets
+    mask = torch.ones(logits.shape[1], dtype=torch.bool) if scaled is None else scaled.to(torch.bool).cpu()
+    mask = mask.to(logits.device)
+
+    def loss(s: float) -> float:
+        return float(F.cross_entropy(torch.where(mask, logits * s, logits), targets))
+
+    low, high = 0.0, 1.0
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = loss(a), loss(b)
+    for _ in range(60):  # the interval shrinks by 0.618 per step: 60 steps leave ~3e-13
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = loss(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = loss(b)
+    best = (low + high) / 2.0
+    # The ends of the interval are candidates too (a minimum at s = 1: the probe is already right as it is).
+    return min((best, 0.0, 1.0), key=lambda s: (loss(s), -s))
+
+
+@torch.no_grad()
+def scale_head_for_training(model: nn.Module, loader: Any, batch_transform: Callable | None,
+                            frozen_eval_modules: Sequence[nn.Module], max_examples: int = HEAD_SCALE_EXAMPLES,
+                            floor: float = 1e-3) -> dict[str, Any]:
+    """LP-FT's head temperature: multiply ``model.head`` (weight and bias of the classes the probe saw) by the
+    scale ``s`` <= 1 that minimises the cross-entropy of the first training batches *as fine-tuning sees them*
+    (augmented, BatchNorm layers that train in training mode with batch statistics, dropout on).
+
+    Why (measured, BENCHMARKS.md issue 16): the logistic-regression probe is fitted on clean eval-mode features, with
+    its standardisation folded in, so its weights are large (EfficientNet-Lite0 on 129 digits: ||W|| = 172). On
+    those features it is right (training cross-entropy 0.006), but augmentation and BatchNorm batch statistics move
+    the features, and the same head then gives logits of several hundred and a training loss of ~40 at the first
+    step (accuracy ~10%): the first updates are huge and wreck the pretrained features, so fine-tuning ends below
+    its own probe. Temperature scaling (Guo et al. 2017) on the training conditions keeps the probe's decisions
+    (argmax unchanged for every input, as ``s`` > 0) and makes the starting loss the lowest any scale of the probe
+    gives. The model's weights and BatchNorm statistics are restored after the measuring pass, then the head is
+    scaled. ``floor`` keeps the head's directions when the best scale is ~0.
+
+    Returns the record for ``metrics.json``: the scale, the loss before / after, the examples measured.
+    """
+    from fewlabel.evaluate.probes import UNSEEN_CLASS_LOGIT
+
+    head = model.head
+    device = head.weight.device
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    was_training = model.training
+    model.train()
+    for module in frozen_eval_modules:
+        module.eval()
+    logits, targets, seen = [], [], 0
+    for x, y in loader:
+        x, y = move_data_to_device(x, device), move_data_to_device(y, device)
+        if batch_transform is not None:
+            x = x.float().div_(255.0) if isinstance(x, torch.Tensor) and x.dtype == torch.uint8 else x
+            x, y = batch_transform(x, y)
+        logits.append(model(x).float())
+        targets.append(y)
+        seen += len(y)
+        if seen >= max_examples:
+            break
+    model.load_state_dict(state)
+    model.train(was_training)
+    if not logits:
+        return {"scale": 1.0, "examples": 0}
+    z, t = torch.cat(logits), torch.cat(targets)
+    scaled = head.bias.detach() > UNSEEN_CLASS_LOGIT / 2  # the probe's never-seen classes keep their -1e4
+    scale = max(best_logit_scale(z, t, scaled), floor)
+
+    def loss(s: float) -> float:
+        return round(float(F.cross_entropy(torch.where(scaled, z * s, z).double(),
+                                           t.double() if t.is_floating_point() else t)), 4)
+
+    head.weight[scaled] *= scale
+    head.bias[scaled] *= scale
+    record = {"scale": round(scale, 6), "loss_before": loss(1.0), "loss_after": loss(scale),
+              "accuracy": round(float((z.argmax(1) == (t.argmax(1) if t.is_floating_point() else t)).float().mean()),
+                                4), "examples": int(seen)}
+    log.info("LP-FT: the probe's head scaled by %.4g for fine-tuning (training loss of its first %d augmented "
+             "examples in training mode %.3f -> %.3f; accuracy %.3f)", scale, seen, record["loss_before"],
+             record["loss_after"], record["accuracy"])
+    return record
 
 
 def sweep_rates(lr: float, count: int) -> tuple[float, ...]:
@@ -168,7 +274,8 @@ def fit_classifier(
     start, the best on validation continues from its checkpoint (the others' steps are the sweep's cost).
     ``starting_point``: a model the run must not return worse than on validation (LP-FT's linear probe); unless the
     best trained epoch beats it by one standard error of its validation accuracy, the run keeps and tests the
-    starting point instead.
+    starting point instead. With its ``scale_head``, fine-tuning starts from the probe's head scaled down by
+    :func:`scale_head_for_training` (recorded as ``lp_head_scale``); the fallback keeps the unscaled probe.
     Returns the metrics (also written to ``run/metrics.json``) and saves ``model.safetensors``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
@@ -226,6 +333,13 @@ def fit_classifier(
              len(train_idx), request, batch_size, epochs,
              f" of {batches_per_epoch} random batches" if batches_per_epoch else "", workers)
     started = time.perf_counter()
+    head_scale: dict[str, Any] | None = None
+    if starting_point is not None and starting_point.scale_head:
+        head_scale = scale_head_for_training(model, train_loader, policy.batch_transform,
+                                             frozen_eval_modules or [],
+                                             max_examples=max(batch_size, HEAD_SCALE_EXAMPLES))
+        L.seed_everything(seed, workers=True, verbose=False)  # the run's randomness as without the measuring pass
+        head_scale["seconds"] = round(time.perf_counter() - started, 3)
     sweep: dict[str, Any] | None = None
     resume_from, checkpoint_dir, lr = None, None, optim.lr
     if len(lr_sweep) > 1:
@@ -289,6 +403,7 @@ def fit_classifier(
         "optim": asdict(optim),
         "device": str(trainer.strategy.root_device),
         **({"lr_sweep": sweep} if sweep else {}),
+        **({"lp_head_scale": head_scale} if head_scale else {}),
         **kept,
         **(extra_metrics or {}),
     }

@@ -136,10 +136,16 @@ def train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np.
 
 
 def linear_probe_start(model: nn.Module, loaded: LoadedBackbone, split: LabelSplit, request: LabelRequest,
-                       seed: int = 0, full_validation: bool = False, accelerator: str = "auto") -> StartingPoint:
+                       seed: int = 0, full_validation: bool = False, accelerator: str = "auto",
+                       scale_head: bool = True) -> StartingPoint:
     """LP-FT's first stage: logistic regression on the frozen features of the backbone as it will be fine-tuned
     (same pooling and input size), copied into ``model.head`` with the scaler folded in; scored on the run's
-    validation split so the fine-tuned model can be held to it."""
+    validation split so the fine-tuned model can be held to it.
+
+    The probe is exactly feature-extract's (same ``C``, same weights): it is the fallback's reference. With
+    ``scale_head``, :func:`fewlabel.engine.fit.fit_classifier` scales the head down before fine-tuning (a
+    temperature fitted on the training batches as fine-tuning sees them: the raw probe's logits explode under
+    augmentation and BatchNorm batch statistics); the returned ``state`` stays the unscaled probe."""
     from fewlabel.engine.fit import StartingPoint
     from fewlabel.engine.trainer import run_device
 
@@ -150,4 +156,4 @@ def linear_probe_start(model: nn.Module, loaded: LoadedBackbone, split: LabelSpl
              metrics["train_seconds"])
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     record = {k: metrics[k] for k in ("test_accuracy", "macro_f1", "best_val_accuracy", "probe_c", "train_seconds")}
-    return StartingPoint("linear probe", float(metrics["best_val_accuracy"]), state, record)
+    return StartingPoint("linear probe", float(metrics["best_val_accuracy"]), state, record, scale_head=scale_head)
