@@ -165,7 +165,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            budget=args.budget,
                            backbones=tuple(x.strip() for x in (args.backbones or "").split(",") if x.strip()),
                            out=args.out, max_jobs=args.max_jobs, columns=_columns(args), skip_bad=args.skip_bad,
-                           retry_failed=args.retry_failed, workers=args.workers)
+                           retry_failed=args.retry_failed, workers=args.workers, executor=args.executor,
+                           ray_address=args.ray_address, cpus_per_job=args.cpus_per_job,
+                           gpus_per_job=args.gpus_per_job)
     _hide_epoch_lines()
     result = compare(config)
     if result["complete"]:
@@ -448,6 +450,17 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--workers", type=int, default=1,
                       help="jobs at once on this machine, each worker process on its share of the CPU threads; "
                       "they share the folder through job leases (default 1)")
+    cmp_.add_argument("--executor", default="local", choices=["local", "ray"],
+                      help="local: this machine (--workers processes); ray: one Ray task per job, on a local Ray "
+                      "instance or the cluster at --ray-address (pip install -e \".[distributed]\")")
+    cmp_.add_argument("--ray-address", default=None,
+                      help="with --executor ray: the head node's host:port (as `ray start --head` prints) to run the "
+                      "jobs on that cluster; --out must then be on a file system every node mounts at the same path "
+                      "(default: start a local Ray instance)")
+    cmp_.add_argument("--cpus-per-job", type=float, default=1.0,
+                      help="with --executor ray: CPUs each job asks Ray for, and its torch threads (default 1)")
+    cmp_.add_argument("--gpus-per-job", type=float, default=None,
+                      help="with --executor ray: GPUs each job asks for (default: 1 when the cluster has GPUs, else 0)")
     cmp_.add_argument("--retry-failed", action="store_true",
                       help="rerun the jobs that failed in an earlier run (by default they are listed, not rerun)")
     cmp_.add_argument("--text-column", default=None, help="text tables: column holding the text")

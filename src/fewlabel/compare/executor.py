@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ from fewlabel.compare.grid import Job
 from fewlabel.compare.lease import Leases
 from fewlabel.engine.fit import Budget
 from fewlabel.engine.run import LOGGER_NAME, atomic_write, is_rank_zero
+from fewlabel.errors import FewlabelError
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -126,6 +128,24 @@ class ResultStore:
             return []
         return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(self.failed_dir.glob("*.json"))]
 
+    def resume_point(self, job: Job):
+        """The point an interrupted ``pretrain`` job continues from: its leftover run folder, when that holds a
+        readable ``checkpoints/last.ckpt`` with epochs still to train (a :class:`ResumePoint`), else None (the
+        leftover, if any, is then moved aside as for every other job)."""
+        from fewlabel.approaches.selfsupervised import resume_point
+
+        path = self.runs / job.key()
+        if job.approach != "pretrain" or not (path / "checkpoints" / "last.ckpt").is_file():
+            return None
+        try:
+            point = resume_point(path, pretrain_config(job, str(path)))
+        except FewlabelError as exc:
+            log.warning("job %s: its interrupted run cannot be continued (%s); it starts again", job.key(), exc)
+            return None
+        log.info("job %s: continuing its interrupted pretraining after %d epoch(s) from %s", job.key(),
+                 point.epochs_done, point.checkpoint)
+        return point
+
     def fresh_run_dir(self, job: Job) -> Path:
         """The job's run folder; a leftover from an interrupted attempt is moved aside, never deleted.
 
@@ -140,9 +160,30 @@ class ResultStore:
         return path
 
 
+def pretrain_config(job: Job, out: str):
+    """The :class:`PretrainConfig` of a ``pretrain`` job writing to ``out``."""
+    from fewlabel.approaches.selfsupervised import PretrainConfig
+
+    s = job.settings
+    return PretrainConfig(method=job.variant, data=job.data, data_dir=s["data_dir"], width=s["width"], seed=job.seed,
+                          epochs=s["epochs"], budget=Budget(progress=False, max_minutes=s.get("max_minutes")),
+                          out=out, columns=dict(s.get("columns") or {}), skip_bad=bool(s.get("skip_bad", False)))
+
+
+def load_runner(spec: str | None) -> Callable[[Job, ResultStore], dict[str, Any]]:
+    """The job runner ``module:function`` names (None: :func:`run_job`); imported wherever a job runs."""
+    if not spec:
+        return run_job
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise FewlabelError(f"job runner {spec!r} cannot be imported ({exc}); give module:function") from None
+
+
 def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
     """Execute one job through the public Python API and return its result record."""
-    from fewlabel.approaches.selfsupervised import EvaluateConfig, PretrainConfig, evaluate_backbone, pretrain
+    from fewlabel.approaches.selfsupervised import EvaluateConfig, evaluate_backbone, pretrain
     from fewlabel.approaches.supervised import SupervisedConfig, train_supervised
     from fewlabel.approaches.transfer import TRANSFER_BUDGET, TransferConfig, finetune
 
@@ -150,7 +191,9 @@ def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
     # Dataset options (table columns, clip length, skip_bad) are in the settings only when given, so the keys of
     # grids without them are unchanged.
     data_options = {"columns": dict(s.get("columns") or {}), "skip_bad": bool(s.get("skip_bad", False))}
-    out = str(store.fresh_run_dir(job))
+    # An interrupted pretraining job continues from its last checkpoint; any other leftover is moved aside.
+    resume = store.resume_point(job) if job.approach == "pretrain" else None
+    out = str(store.runs / job.key()) if resume is not None else str(store.fresh_run_dir(job))
     started = time.perf_counter()
     if job.approach == "supervised":
         budget = Budget(target_steps=s["steps"], min_epochs=s["min_epochs"], max_minutes=s["max_minutes"],
@@ -168,11 +211,16 @@ def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
                                           labels=job.labels, seed=job.seed, budget=budget, out=out,
                                           **data_options)).metrics
     elif job.approach == "pretrain":
-        config = PretrainConfig(method=job.variant, data=job.data, data_dir=s["data_dir"], width=s["width"],
-                                seed=job.seed, epochs=s["epochs"],
-                                budget=Budget(progress=False, max_minutes=s.get("max_minutes")), out=out,
-                                **data_options)
-        metrics = pretrain(config).metrics
+        metrics = None
+        if resume is not None:
+            try:
+                metrics = pretrain(pretrain_config(job, out), resume=out).metrics
+                metrics["resumed_after_epochs"] = resume.epochs_done
+            except FewlabelError as exc:  # e.g. its split no longer matches the data: start again instead
+                log.warning("job %s: continuing its interrupted run failed (%s); it starts again", job.key(), exc)
+                out = str(store.fresh_run_dir(job))
+        if metrics is None:
+            metrics = pretrain(pretrain_config(job, out)).metrics
         metrics["test_accuracy"] = None
     elif job.approach == "probe":
         # Every modality's pretraining run folder is a backbone source: frozen probes through evaluate (the one
@@ -275,22 +323,10 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
-def run_grid(jobs: list[Job], store: ResultStore,
-             runner: Callable[[Job, ResultStore], dict[str, Any]] | None = None, limit: int | None = None,
-             retry_failed: bool = False, wait_for_others: bool = True, poll_seconds: float = 2.0) -> GridOutcome:
-    """Run every unfinished job of the grid (dependencies come first in it).
-
-    - A job that raises is recorded as failed (``results/failed/<key>.json``: error line, log and traceback
-      paths) and the grid goes on; the jobs that depend on it are recorded as failed too, without running.
-      ``KeyboardInterrupt`` (and ``SystemExit``) still stop the grid.
-    - A failed job is not rerun by a later call unless ``retry_failed`` (then the failed ones run again, with
-      every job not run yet).
-    - A job is run under a lease (:mod:`fewlabel.compare.lease`): one leased by another live process is skipped
-      and, when ``wait_for_others``, waited for once everything else is done, so this process picks up its result;
-      a stale lease is taken over.
-    """
-    runner = runner or run_job  # looked up at call time, so tests can patch ``executor.run_job``
-    outcome = GridOutcome()
+def sort_out(jobs: list[Job], store: ResultStore, retry_failed: bool,
+             outcome: GridOutcome) -> tuple[list[Job], dict[str, float]]:
+    """The grid's jobs still to run, in grid order, and the time of each earlier failure (by key); counts the
+    finished (``skipped``) and not-retried failed (``failed_before``) ones into ``outcome`` and logs the tally."""
     failed_at_start: dict[str, float] = {}
     pending: list[Job] = []
     for job in jobs:
@@ -309,15 +345,111 @@ def run_grid(jobs: list[Job], store: ResultStore,
     log.info("%d jobs: %d finished earlier, %d failed earlier (%s), %d to run%s", len(jobs), outcome.skipped,
              len(failed_at_start), "rerun: --retry-failed" if retry_failed else "not rerun; --retry-failed reruns them",
              len(pending), f" ({stale} of them stale: made from other data)" if stale else "")
+    return pending, failed_at_start
+
+
+def failed_since(store: ResultStore, key: str, failed_at: float | None) -> dict[str, Any] | None:
+    """A failure of ``key`` recorded after the grid started (``failed_at``: the time of the failure it set out to
+    retry, if any), by another process or by this one, or None."""
+    failure = store.failure(key)
+    if failure is None or (failed_at is not None and failure.get("failed_at") == failed_at):
+        return None
+    return failure
+
+
+def dependency_state(job: Job, store: ResultStore, retry_failed: bool,
+                     failed_at_start: dict[str, float]) -> tuple[str, dict[str, Any] | None]:
+    """``("ready", None)``: no dependency, or it is finished; ``("blocked", failure)``: it failed for good (the
+    job is recorded as failed without running); ``("wait", None)``: it is still to run, here or elsewhere."""
+    dependency = job.depends_on
+    if dependency is None or store.done_key(dependency):
+        return "ready", None
+    blocker = store.failure(dependency)
+    if blocker is not None and retry_failed and dependency in failed_at_start \
+            and blocker.get("failed_at") == failed_at_start[dependency]:
+        blocker = None  # the old failure of a dependency being retried (here or elsewhere): not final
+    return ("wait", None) if blocker is None else ("blocked", blocker)
+
+
+@dataclass
+class JobRun:
+    """What :func:`run_one` did with a job: ``done`` (result saved), ``failed`` (failure saved), ``blocked`` (its
+    dependency failed: failure saved without running), ``by_others`` (finished or failed by another process
+    before this one got its lease) or ``leased`` (another live process holds it: nothing done)."""
+
+    status: str
+    seconds: float | None = None
+    failure: dict[str, Any] | None = None
+
+
+def run_one(job: Job, store: ResultStore, runner: Callable[[Job, ResultStore], dict[str, Any]] | None = None,
+            blocker: dict[str, Any] | None = None, failed_at: float | None = None,
+            ran_on: dict[str, Any] | None = None) -> JobRun:
+    """Run one job under its lease and record its result or failure: the one step every executor shares.
+
+    ``blocker``: the failure record of the job's dependency (the job is recorded as failed without running);
+    ``failed_at``: the time of the job's earlier failure this run retries (a newer failure is another process's);
+    ``ran_on``: extra facts stored in the result's ``ran_on`` (host and pid are always there).
+    A job that raises is recorded as failed (``results/failed/<key>.json``, traceback under ``logs/``);
+    ``KeyboardInterrupt`` and ``SystemExit`` propagate.
+    """
+    runner = runner or run_job
+    key = job.key()
+    if not store.leases.acquire(key):
+        return JobRun("leased")
+    try:
+        if store.done_key(key) or failed_since(store, key, failed_at) is not None:  # before we got the lease
+            return JobRun("by_others")
+        if blocker is not None:
+            error = f"not run: the job it depends on ({job.depends_on}) failed: {blocker.get('error')}"
+            return JobRun("blocked", 0.0, store.save_failure(job, error, 0.0, blocker.get("log_path"),
+                                                             blocker.get("traceback_path")))
+        if store.stale(job):
+            store.move_stale(job)
+        started = time.perf_counter()
+        try:
+            result = runner(job, store)
+        except Exception as exc:  # every job failure is recorded; the grid goes on
+            seconds = time.perf_counter() - started
+            store.logs.mkdir(parents=True, exist_ok=True)
+            trace = store.logs / f"{key}.traceback.txt"
+            atomic_write(trace, "".join(traceback.format_exception(exc)))
+            run_log = store.runs / key / "logs" / "train.log"
+            record = store.save_failure(job, _first_line(exc), seconds,
+                                        str(run_log) if run_log.is_file() else None, str(trace))
+            log.error("job %s (%s labels=%s seed=%d) failed: %s; traceback: %s", key, job.label, job.labels,
+                      job.seed, record["error"], trace)
+            return JobRun("failed", seconds, record)
+        seconds = time.perf_counter() - started
+        where = {"host": socket.gethostname(), "pid": os.getpid(), **(ran_on or {})}
+        store.save(job, {**result, "ran_on": {**where, **(result.get("ran_on") or {})}})
+        return JobRun("done", seconds)
+    finally:
+        store.leases.release(key)
+
+
+def run_grid(jobs: list[Job], store: ResultStore,
+             runner: Callable[[Job, ResultStore], dict[str, Any]] | None = None, limit: int | None = None,
+             retry_failed: bool = False, wait_for_others: bool = True, poll_seconds: float = 2.0) -> GridOutcome:
+    """Run every unfinished job of the grid (dependencies come first in it).
+
+    - A job that raises is recorded as failed (``results/failed/<key>.json``: error line, log and traceback
+      paths) and the grid goes on; the jobs that depend on it are recorded as failed too, without running.
+      ``KeyboardInterrupt`` (and ``SystemExit``) still stop the grid.
+    - A failed job is not rerun by a later call unless ``retry_failed`` (then the failed ones run again, with
+      every job not run yet).
+    - A job is run under a lease (:mod:`fewlabel.compare.lease`): one leased by another live process is skipped
+      and, when ``wait_for_others``, waited for once everything else is done, so this process picks up its result;
+      a stale lease is taken over.
+    """
+    runner = runner or run_job  # looked up at call time, so tests can patch ``executor.run_job``
+    outcome = GridOutcome()
+    pending, failed_at_start = sort_out(jobs, store, retry_failed, outcome)
     progress = Progress(pending)
     attempts = 0
 
     def failed_elsewhere(key: str) -> dict[str, Any] | None:
-        """A failure recorded by another process after this run started (not the one we set out to retry)."""
-        failure = store.failure(key)
-        if failure is None or (key in failed_at_start and failure.get("failed_at") == failed_at_start[key]):
-            return None
-        return failure
+        return failed_since(store, key, failed_at_start.get(key))
 
     rechecked = False
     while pending:
@@ -335,63 +467,33 @@ def run_grid(jobs: list[Job], store: ResultStore,
                 progress.done(job, None, "failed in another process")
                 progressed = True
                 continue
-            if job.depends_on is not None and not store.done_key(job.depends_on):
-                blocker = store.failure(job.depends_on)
-                if blocker is not None and retry_failed and job.depends_on in failed_at_start \
-                        and blocker.get("failed_at") == failed_at_start[job.depends_on]:
-                    blocker = None  # the old failure of a dependency being retried (elsewhere): not final
-                if blocker is None:  # still to run (by us, later in this pass, or elsewhere): wait for it
-                    deferred.append(job)
-                    continue
-            else:
-                blocker = None
+            state, blocker = dependency_state(job, store, retry_failed, failed_at_start)
+            if state == "wait":  # still to run (by us, later in this pass, or elsewhere): wait for it
+                deferred.append(job)
+                continue
             if limit is not None and attempts >= limit:
                 for rest in pending[index:]:
                     progress.forget(rest)
                 outcome.unfinished += len(pending) - index + len(deferred)
                 return _finish(outcome, store)
-            if not store.leases.acquire(key):
+            run = run_one(job, store, runner, blocker=blocker, failed_at=failed_at_start.get(key))
+            if run.status == "leased":
                 deferred.append(job)
                 continue
-            try:
-                if store.done_key(key) or failed_elsewhere(key) is not None:  # finished before we got the lease
-                    outcome.by_others += 1
-                    progress.done(job, None, "finished by another process")
-                    progressed = True
-                    continue
-                attempts += 1
-                progressed = True
-                if blocker is not None:
-                    error = f"not run: the job it depends on ({job.depends_on}) failed: {blocker.get('error')}"
-                    outcome.failures.append(store.save_failure(job, error, 0.0, blocker.get("log_path"),
-                                                               blocker.get("traceback_path")))
-                    outcome.failed += 1
-                    progress.done(job, None, "FAILED (dependency failed)")
-                    continue
-                if store.stale(job):
-                    store.move_stale(job)
-                started = time.perf_counter()
-                try:
-                    result = runner(job, store)
-                except Exception as exc:  # every job failure is recorded; the grid goes on
-                    seconds = time.perf_counter() - started
-                    store.logs.mkdir(parents=True, exist_ok=True)
-                    trace = store.logs / f"{key}.traceback.txt"
-                    atomic_write(trace, "".join(traceback.format_exception(exc)))
-                    run_log = store.runs / key / "logs" / "train.log"
-                    record = store.save_failure(job, _first_line(exc), seconds,
-                                                str(run_log) if run_log.is_file() else None, str(trace))
-                    outcome.failures.append(record)
-                    outcome.failed += 1
-                    log.error("job %s (%s labels=%s seed=%d) failed: %s; traceback: %s", key, job.label, job.labels,
-                              job.seed, record["error"], trace)
-                    progress.done(job, seconds, "FAILED")
-                    continue
-                store.save(job, result)
+            progressed = True
+            if run.status == "by_others":
+                outcome.by_others += 1
+                progress.done(job, None, "finished by another process")
+                continue
+            attempts += 1
+            if run.status == "done":
                 outcome.ran += 1
-                progress.done(job, time.perf_counter() - started, "done")
-            finally:
-                store.leases.release(key)
+                progress.done(job, run.seconds, "done")
+            else:
+                outcome.failed += 1
+                outcome.failures.append(run.failure)
+                progress.done(job, run.seconds if run.status == "failed" else None,
+                              "FAILED" if run.status == "failed" else "FAILED (dependency failed)")
         pending = deferred
         if not pending or progressed:
             rechecked = False

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import multiprocessing
 import os
@@ -48,16 +47,42 @@ class CompareConfig:
     workers: int = 1
     # "module:function" running one job (default: the executor's own ``run_job``); imported in every worker.
     runner: str | None = None
+    # "local" (this machine: ``workers`` processes) or "ray" (one Ray task per job: a local Ray instance, or the
+    # cluster at ``ray_address``; see fewlabel.compare.ray_executor). The compare folder must be on a file system
+    # every node mounts at the same path.
+    executor: str = "local"
+    ray_address: str | None = None  # None: start a local Ray instance; host:port (or ray://, auto): join a cluster
+    cpus_per_job: float = 1.0  # Ray: CPUs each job's task asks for (its torch threads)
+    gpus_per_job: float | None = None  # Ray: GPUs per job; None: 1 when the cluster has GPUs, else 0
+
+
+EXECUTORS = ("local", "ray")
 
 
 def _runner(spec: str | None):
-    if not spec:
-        return executor.run_job
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise FewlabelError(f"job runner {spec!r} cannot be imported ({exc}); give module:function") from None
+    return executor.load_runner(spec)
+
+
+def _check(config: CompareConfig) -> None:
+    """Every option error before anything is loaded, connected or written."""
+    if config.budget not in BUDGETS:
+        raise FewlabelError(f"--budget {config.budget!r}: choose one of {', '.join(BUDGETS)}")
+    if config.workers < 1:
+        raise FewlabelError(f"--workers {config.workers} is impossible; give 1 or more")
+    if config.executor not in EXECUTORS:
+        raise FewlabelError(f"--executor {config.executor!r}: choose {' or '.join(EXECUTORS)}")
+    if config.executor != "ray":
+        if config.ray_address:
+            raise FewlabelError("--ray-address is for --executor ray; add --executor ray to run the jobs on that "
+                                "Ray cluster")
+        return
+    if config.workers != 1:
+        raise FewlabelError("--workers is the local executor's; with --executor ray, Ray runs as many jobs at once "
+                            "as the cluster's CPUs allow (--cpus-per-job sets each job's share)")
+    if config.cpus_per_job <= 0:
+        raise FewlabelError(f"--cpus-per-job {config.cpus_per_job:g} is impossible; give a positive number")
+    if config.gpus_per_job is not None and config.gpus_per_job < 0:
+        raise FewlabelError(f"--gpus-per-job {config.gpus_per_job:g} is impossible; give 0 or more")
 
 
 def _work(config: CompareConfig, index: int, threads: int, fingerprint: str, registered: bool) -> None:
@@ -88,10 +113,7 @@ def _jobs(config: CompareConfig) -> tuple[Any, list]:
 
 def compare(config: CompareConfig) -> dict[str, Any]:
     """Run (or resume) the comparison grid in ``config.out`` and (re)write its report."""
-    if config.budget not in BUDGETS:
-        raise FewlabelError(f"--budget {config.budget!r}: choose one of {', '.join(BUDGETS)}")
-    if config.workers < 1:
-        raise FewlabelError(f"--workers {config.workers} is impossible; give 1 or more")
+    _check(config)
     runner = _runner(config.runner)
     dataset, jobs = _jobs(config)
     budget = BUDGETS[config.budget]
@@ -112,6 +134,22 @@ def compare(config: CompareConfig) -> dict[str, Any]:
                 "report_md": str(out / "report.md"), "complete": False}
     registered = config.data in {entry.name for entry in registered_datasets()}
     fingerprint = data_fingerprint(config.data, dataset, registered)
+    session = None
+    if config.executor == "ray":  # Ray missing or an unreachable address: one error line, nothing written
+        from fewlabel.compare import ray_executor
+
+        session = ray_executor.connect(config.ray_address)
+    try:
+        if session is not None:
+            ray_executor.resources(session.ray, config.cpus_per_job, config.gpus_per_job)  # fits the cluster?
+        return _run(config, dataset, jobs, budget, modality, backbones, out, registered, fingerprint, runner, session)
+    finally:
+        if session is not None:
+            session.close()
+
+
+def _run(config: CompareConfig, dataset, jobs: list, budget, modality, backbones: list[str], out: Path,
+         registered: bool, fingerprint: str, runner, session) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     run = RunFolder(out)
     (out / "logs").mkdir(exist_ok=True)
@@ -124,8 +162,16 @@ def compare(config: CompareConfig) -> dict[str, Any]:
         # A result stored before fingerprints were recorded is reused for a registered dataset (a fixed,
         # checksummed release: the key already names it) but rerun for a path, which may have been edited since.
         store = ResultStore(out, fingerprint=fingerprint, legacy_ok=registered)
-        workers = _start_workers(config, fingerprint, registered, len(jobs))
-        outcome = run_grid(jobs, store, runner, limit=config.max_jobs, retry_failed=config.retry_failed)
+        if session is not None:
+            from fewlabel.compare.ray_executor import run_grid_ray
+
+            workers = []
+            outcome = run_grid_ray(jobs, store, session, config.runner, limit=config.max_jobs,
+                                   retry_failed=config.retry_failed, cpus_per_job=config.cpus_per_job,
+                                   gpus_per_job=config.gpus_per_job)
+        else:
+            workers = _start_workers(config, fingerprint, registered, len(jobs))
+            outcome = run_grid(jobs, store, runner, limit=config.max_jobs, retry_failed=config.retry_failed)
         for worker in workers:
             worker.join()
             if worker.exitcode:
