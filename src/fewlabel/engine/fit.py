@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from safetensors.torch import save_file
+from scipy.optimize import minimize_scalar
 from torch import nn
 
 from fewlabel.augment.supervised import AugmentationPolicy
@@ -96,8 +97,8 @@ def best_logit_scale(logits: torch.Tensor, targets: torch.Tensor, scaled: torch.
     indices, or probabilities as mixup / cutmix give them); ``scaled`` (a boolean per class) limits the scaling to
     those classes' logits (the others stay as they are: the probe's never-seen classes).
 
-    The loss is convex in ``s`` (log-sum-exp of a linear function minus a linear function), so a golden-section
-    search finds the minimum; ``s`` is never above 1: the head is only ever softened, never sharpened.
+    The loss is convex in ``s`` (log-sum-exp of a linear function minus a linear function), so SciPy's bounded
+    scalar search finds the minimum; ``s`` is never above 1: the head is only ever softened, never sharpened.
     """
     logits = logits.detach().double()
     targets = targets.detach()
@@ -108,20 +109,7 @@ def best_logit_scale(logits: torch.Tensor, targets: torch.Tensor, scaled: torch.
     def loss(s: float) -> float:
         return float(F.cross_entropy(torch.where(mask, logits * s, logits), targets))
 
-    low, high = 0.0, 1.0
-    ratio = (math.sqrt(5.0) - 1.0) / 2.0
-    a, b = high - ratio * (high - low), low + ratio * (high - low)
-    fa, fb = loss(a), loss(b)
-    for _ in range(60):  # the interval shrinks by 0.618 per step: 60 steps leave ~3e-13
-        if fa <= fb:
-            high, b, fb = b, a, fa
-            a = high - ratio * (high - low)
-            fa = loss(a)
-        else:
-            low, a, fa = a, b, fb
-            b = low + ratio * (high - low)
-            fb = loss(b)
-    best = (low + high) / 2.0
+    best = float(minimize_scalar(loss, bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-9}).x)
     # The ends of the interval are candidates too (a minimum at s = 1: the probe is already right as it is).
     return min((best, 0.0, 1.0), key=lambda s: (loss(s), -s))
 
