@@ -120,7 +120,8 @@ def fewlabel(*args: str) -> list[str]:
 
 def phase_demo(modes: list[str], scratch: Path, earlier: dict[str, Any]) -> dict[str, Any]:
     """One run per mode, in the order given, each appended to the mode's earlier runs (``earlier``)."""
-    flags = {"local": [], "workers2": ["--workers", "2"], "ray": ["--executor", "ray"]}
+    # "local" is one process on all the cores (``--workers 1``; before automatic worker counts, the default).
+    flags = {"local": ["--workers", "1"], "workers2": ["--workers", "2"], "auto": [], "ray": ["--executor", "ray"]}
     result: dict[str, Any] = json.loads(json.dumps(earlier))
     for mode in modes:
         out = scratch / f"demo-{mode}-{time.time_ns()}"
@@ -184,7 +185,8 @@ def main() -> None:
     parser.add_argument("--phase", required=True, choices=["startup", "overhead", "demo", "cluster"])
     parser.add_argument("--rounds", type=int, default=3, help="startup: rounds")
     parser.add_argument("--jobs", type=int, default=100, help="overhead: no-op jobs (a multiple of 5)")
-    parser.add_argument("--modes", default="local,workers2,ray", help="demo: local, workers2, ray (in this order)")
+    parser.add_argument("--modes", default="local,workers2,ray",
+                        help="demo: local (--workers 1), workers2, auto (default worker count), ray (in this order)")
     parser.add_argument("--port", type=int, default=6390, help="cluster: the head node's port")
     parser.add_argument("--keep", default=None, help="folder to keep the compare folders and logs in")
     parser.add_argument("--json", default=str(HERE / "results" / "compare_executors.json"))

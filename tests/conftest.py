@@ -16,6 +16,8 @@ def _isolated_environment(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
     monkeypatch.setenv("FEWLABEL_CACHE", str(tmp_path_factory.mktemp("cache")))
     monkeypatch.setenv("FEWLABEL_OFFLINE", "1")
     monkeypatch.delenv("FEWLABEL_DATA", raising=False)
+    # compare's local executor picks its worker count from the cores; tests ask for extra workers explicitly.
+    monkeypatch.setenv("FEWLABEL_COMPARE_WORKERS", "1")
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:

@@ -59,3 +59,15 @@ def test_resnet20_small_is_the_cifar_resnet20() -> None:
     parameters = sum(p.numel() for p in backbone.parameters())
     assert backbone.embed_dim == 64 and 260_000 < parameters < 290_000
     assert backbone(torch.zeros(2, 3, 16, 16)).shape == (2, 64)
+
+
+def test_channels_last_only_where_every_layer_has_eight_channels_or_more() -> None:
+    """PyTorch's CPU kernels corrupt the heap in the backward pass of channels-last layers narrower than 8 channels
+    on one thread; such networks stay in the default memory format."""
+    from fewlabel.models.backbones import channels_last_safe, to_channels_last
+
+    narrow = create_backbone("resnet_small", in_chans=1, width=4)
+    wide = create_backbone("resnet_small", in_chans=1, width=8)
+    assert not channels_last_safe(narrow) and channels_last_safe(wide)
+    assert to_channels_last(narrow).body.conv1.weight.is_contiguous()
+    assert to_channels_last(wide).body.conv1.weight.is_contiguous(memory_format=torch.channels_last)

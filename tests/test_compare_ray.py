@@ -215,7 +215,7 @@ def test_ray_options_without_the_ray_executor_are_one_line(tmp_path: Path, capsy
     assert err == ["fewlabel: error: --ray-address is for --executor ray; add --executor ray to run the jobs on that "
                    "Ray cluster"]
     assert main([*args, "--executor", "ray", "--workers", "2"]) == 2
-    assert "--workers is the local executor's" in capsys.readouterr().err
+    assert "--workers and --threads-per-job are the local executor's" in capsys.readouterr().err
     assert main([*args, "--executor", "ray", "--cpus-per-job", "0"]) == 2
     assert "--cpus-per-job 0 is impossible" in capsys.readouterr().err
     assert not out.exists()

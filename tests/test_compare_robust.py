@@ -442,6 +442,35 @@ def test_workers_must_be_positive(tmp_path: Path) -> None:
         compare(CompareConfig(data="digits", out=str(tmp_path / "cmp"), workers=0))
 
 
+def test_automatic_worker_count_from_cores_threads_memory_and_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fewlabel.compare.run import local_workers
+
+    monkeypatch.delenv("FEWLABEL_COMPARE_WORKERS")
+    gib = 1024**3
+    # One 1-thread worker per core, as memory allows (3 GiB each), never more than the jobs.
+    assert local_workers(None, None, 24, cores=2, memory=24 * gib, gpu=False)[:2] == (2, 1)
+    assert local_workers(None, None, 24, cores=16, memory=24 * gib, gpu=False)[:2] == (8, 2)
+    assert local_workers(None, 4, 24, cores=16, memory=64 * gib, gpu=False)[:2] == (4, 4)
+    assert local_workers(None, None, 3, cores=16, memory=64 * gib, gpu=False)[:2] == (3, 5)
+    assert local_workers(None, None, 24, cores=2, memory=2 * gib, gpu=False)[:2] == (1, 2)
+    assert local_workers(None, None, 24, cores=16, memory=64 * gib, gpu=True)[:2] == (1, 16)
+    # Given: as asked, each on its share of the cores; the environment sets the default.
+    assert local_workers(3, None, 24, cores=12, memory=1, gpu=True)[:2] == (3, 4)
+    monkeypatch.setenv("FEWLABEL_COMPARE_WORKERS", "2")
+    assert local_workers(None, None, 24, cores=8, memory=64 * gib, gpu=False)[:2] == (2, 4)
+    monkeypatch.setenv("FEWLABEL_COMPARE_WORKERS", "many")
+    with pytest.raises(FewlabelError, match="FEWLABEL_COMPARE_WORKERS='many' is not a number"):
+        local_workers(None, None, 24, cores=8)
+
+
+def test_threads_per_job_must_be_positive(tmp_path: Path) -> None:
+    from fewlabel.compare import CompareConfig, compare
+
+    with pytest.raises(FewlabelError, match="--threads-per-job 0 is impossible"):
+        compare(CompareConfig(data="digits", out=str(tmp_path / "cmp"), threads_per_job=0))
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_semi_supervised_jobs_skip_the_full_label_budget() -> None:
     jobs = build_grid("digits", ["0.1", "1.0"], 2, ["semisupervised"], BUDGETS["medium"], ["efficientnet_lite0"])
     assert {(j.variant, j.labels) for j in jobs} == {("label-spreading@efficientnet_lite0", "0.1"),

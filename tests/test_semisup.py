@@ -94,6 +94,18 @@ def test_semisup_cli_end_to_end(method: str, tiny_export: Path, tmp_path: Path,
         metrics["test_accuracy"], abs=1.5 / len(split.test))
 
 
+def test_max_pool_draws_a_seeded_subset_of_the_pool(tmp_path: Path) -> None:
+    from fewlabel.approaches.semisupervised import SemiSupervisedConfig, labels_and_pool
+
+    full = labels_and_pool(SemiSupervisedConfig(data="digits", labels="0.1", seed=1))[3]
+    some = labels_and_pool(SemiSupervisedConfig(data="digits", labels="0.1", seed=1, max_pool=100))[3]
+    again = labels_and_pool(SemiSupervisedConfig(data="digits", labels="0.1", seed=1, max_pool=100))[3]
+    assert len(full) > 100 and len(some) == 100 and set(some) <= set(full)
+    assert np.array_equal(some, again) and np.all(np.diff(some) > 0)  # the same sorted subset for the same seed
+    larger = labels_and_pool(SemiSupervisedConfig(data="digits", labels="0.1", seed=1, max_pool=10 * len(full)))[3]
+    assert np.array_equal(larger, full)
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--threshold", "0"], "--threshold 0.0 is impossible"),
     (["--threshold", "1.5"], "--threshold 1.5 is impossible"),
@@ -101,6 +113,7 @@ def test_semisup_cli_end_to_end(method: str, tiny_export: Path, tmp_path: Path,
     (["--method", "mixmatch"], "unknown semi-supervised method 'mixmatch'"),
     (["--method", "fixmatch", "--ratio", "0"], "--ratio 0 is impossible"),
     (["--method", "fixmatch", "--labels", "1.0"], "no unlabelled data is left"),
+    (["--max-pool", "0"], "--max-pool 0 is impossible"),
 ])
 def test_semisup_bad_input_is_one_line(args: list[str], message: str, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:

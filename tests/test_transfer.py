@@ -138,6 +138,37 @@ def test_feature_cache_hits_and_invalidates(tmp_path: Path) -> None:
     assert not hit_changed and not torch.equal(changed, first)  # other weights, no stale features
 
 
+def test_feature_cache_computes_shared_rows_once_across_concurrent_callers(tmp_path: Path) -> None:
+    """Two callers needing the same rows at once (two compare workers): the second waits for the first's
+    extraction and reads its rows instead of computing them again."""
+    import threading
+    import time
+
+    dataset = load_dataset("digits")
+    backbone = create_backbone("resnet_small", in_chans=1, width=8).eval()
+    asked: list[list[int]] = []
+
+    def slow(indices: np.ndarray) -> torch.Tensor:
+        asked.append(indices.tolist())
+        time.sleep(0.5)  # long enough for the other caller to arrive while this one extracts
+        return extract_features(backbone, dataset.samples, indices)
+
+    results: dict[str, tuple[torch.Tensor, bool]] = {}
+
+    def call(name: str, indices: np.ndarray) -> None:
+        results[name] = cached_features(backbone, dataset, indices, folder=tmp_path, extractor=slow)
+
+    first = threading.Thread(target=call, args=("all", np.arange(60)))
+    first.start()
+    time.sleep(0.2)
+    second = threading.Thread(target=call, args=("some", np.arange(10, 30)))
+    second.start()
+    first.join()
+    second.join()
+    assert asked == [list(range(60))]  # one extraction; the second caller found its rows done
+    assert results["some"][1] and torch.equal(results["some"][0], results["all"][0][10:30])
+
+
 def brute_force_evidence(features: np.ndarray, y: np.ndarray) -> float:
     """max over a log grid of alpha, beta of log N(y | 0, I/beta + F F^T/alpha), per sample."""
     n = len(y)

@@ -165,7 +165,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            budget=args.budget,
                            backbones=tuple(x.strip() for x in (args.backbones or "").split(",") if x.strip()),
                            out=args.out, max_jobs=args.max_jobs, columns=_columns(args), skip_bad=args.skip_bad,
-                           retry_failed=args.retry_failed, workers=args.workers, executor=args.executor,
+                           retry_failed=args.retry_failed, workers=args.workers,
+                           threads_per_job=args.threads_per_job, executor=args.executor,
                            ray_address=args.ray_address, cpus_per_job=args.cpus_per_job,
                            gpus_per_job=args.gpus_per_job)
     _hide_epoch_lines()
@@ -349,6 +350,7 @@ def cmd_semisup(args: argparse.Namespace) -> int:
     config = SemiSupervisedConfig(method=args.method, backbone=args.backbone, data=args.data, data_dir=args.data_dir,
                                   columns=_columns(args), labels=args.labels, seed=args.seed, split=args.split,
                                   image_size=args.image_size, skip_bad=args.skip_bad, threshold=args.threshold,
+                                  max_pool=args.max_pool,
                                   **{fields[flag]: value for flag, value in given.items()},
                                   budget=_budget(args), out=args.out, runs_dir=args.runs_dir)
     result = semisupervised(config)
@@ -447,9 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="pretrained backbones for transfer (default: efficientnet_lite0; minilm for text)")
     cmp_.add_argument("--out", default="compare", help="folder; rerunning resumes and reuses finished runs")
     cmp_.add_argument("--max-jobs", type=int, default=None, help="stop after this many new runs")
-    cmp_.add_argument("--workers", type=int, default=1,
+    cmp_.add_argument("--workers", type=int, default=None,
                       help="jobs at once on this machine, each worker process on its share of the CPU threads; "
-                      "they share the folder through job leases (default 1)")
+                      "they share the folder through job leases (default: the cores / --threads-per-job, as "
+                      "memory allows; 1 on a GPU; $FEWLABEL_COMPARE_WORKERS when set)")
+    cmp_.add_argument("--threads-per-job", type=int, default=None,
+                      help="local executor: torch threads of each job (default: the cores / workers, so 1 when "
+                      "--workers is automatic)")
     cmp_.add_argument("--executor", default="local", choices=["local", "ray"],
                       help="local: this machine (--workers processes); ray: one Ray task per job, on a local Ray "
                       "instance or the cluster at --ray-address (pip install -e \".[distributed]\")")
@@ -615,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
     semi.add_argument("--lr", type=float, default=None,
                       help="fixmatch/flexmatch/pseudolabel: peak learning rate (default: images SGD-Nesterov 0.03, "
                            "text/audio the modality's AdamW; with --backbone AdamW 3e-4)")
+    semi.add_argument("--max-pool", type=int, default=None,
+                      help="use at most this many unlabelled pool samples, a seeded random subset (default: all; "
+                           "caps feature extraction and the kNN graph on large pools)")
     semi.add_argument("--ramp", type=float, default=None,
                       help="pseudolabel: share of the steps over which the unlabelled weight rises linearly from 0 "
                            "(default 0.4)")

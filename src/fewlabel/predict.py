@@ -50,6 +50,7 @@ from torch import nn
 
 from fewlabel.errors import FewlabelError
 from fewlabel.modalities import get_modality
+from fewlabel.models.backbones import to_channels_last
 
 if TYPE_CHECKING:
     from fewlabel.data.dataset import Dataset
@@ -661,7 +662,7 @@ def predict(model_dir: str | os.PathLike, data: str | os.PathLike | Sequence[str
               if write else None)
     model = run.model.to(target)
     if get_modality(run.modality).channels_last:  # as in training (engine.fit): the same kernels, faster on CPUs
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     batch = batch_size or run.io.batch_size
     if workers is None:
         workers = 0 if inputs.paths is None or len(inputs) < 256 else min(4, max(1, (os.cpu_count() or 2) - 1))

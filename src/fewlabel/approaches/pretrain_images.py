@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
-import torch
 
 from fewlabel.augment.views import (
     BatchedMultiCropAugment,
@@ -33,7 +32,7 @@ from fewlabel.engine.run import LOGGER_NAME, RunFolder, RunResult
 from fewlabel.engine.trainer import build_trainer
 from fewlabel.errors import FewlabelError
 from fewlabel.methods.registry import create_method
-from fewlabel.models.backbones import BackboneSpec, create_backbone
+from fewlabel.models.backbones import BackboneSpec, create_backbone, to_channels_last
 from fewlabel.models.export import save_backbone
 
 if TYPE_CHECKING:
@@ -83,7 +82,7 @@ def pretrain_images(dataset: Dataset, split: LabelSplit, config: PretrainConfig,
     backbone = create_backbone(spec)
     # channels-last weights as well as inputs: with only the inputs converted, every convolution reorders
     # its weights and pretraining runs ~1.4x slower on CPU (benchmarks/ssl_fmnist.py measures the overhead).
-    method = create_method(config.method, backbone, **config.method_options).to(memory_format=torch.channels_last)
+    method = to_channels_last(create_method(config.method, backbone, **config.method_options))
     input_spec = backbone.input_spec
     mode = "batched" if config.views == "auto" else config.views
     sample_views, batched_views = _view_generator(method.views, mode, channels, height, input_spec.mean,

@@ -55,6 +55,7 @@ from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.frozen import frozen_features
 from fewlabel.evaluate.probes import _probe_model, accuracy, choose_probe_c, probe_as_linear
 from fewlabel.modalities import modality_of
+from fewlabel.models.backbones import to_channels_last
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -94,6 +95,8 @@ class SemiSupervisedConfig:
     # 0.03 (images); with a backbone, fine-tuning's AdamW at 3e-4. A number: that peak rate, same optimiser.
     lr: float | None = None
     ramp: float = 0.4  # pseudolabel: share of the steps over which the unlabelled weight rises from 0
+    # At most this many pool samples (a seeded random subset): caps the features to extract and the kNN graph.
+    max_pool: int | None = None
     budget: Budget = field(default_factory=Budget)
     out: str | None = None
     runs_dir: str = "runs"
@@ -123,6 +126,9 @@ def check_semisup_config(config: SemiSupervisedConfig) -> None:
         raise FewlabelError(f"--threshold {config.threshold} is impossible; give a confidence in (0, 1]")
     if config.neighbours < 1 or config.max_rounds < 1 or not 0.0 < config.alpha < 1.0:
         raise FewlabelError("--neighbours and --rounds must be >= 1 and --alpha in (0, 1)")
+    if config.max_pool is not None and config.max_pool < 1:
+        raise FewlabelError(f"--max-pool {config.max_pool} is impossible; give 1 or more pool samples, or leave it "
+                            "out to use the whole pool")
 
 
 @threadpool_limits.wrap(limits=1)
@@ -186,6 +192,11 @@ def labels_and_pool(config: SemiSupervisedConfig) -> tuple[LabelRequest, Any, An
     if len(pool_idx) == 0:
         raise FewlabelError(f"no unlabelled data is left at --labels {config.labels}: semi-supervised learning needs "
                             "an unlabelled pool; use fewer labels (e.g. --labels 0.1)")
+    if config.max_pool is not None and len(pool_idx) > config.max_pool:
+        rng = np.random.default_rng(config.seed)
+        pool_idx = np.sort(rng.choice(pool_idx, size=config.max_pool, replace=False))
+        log.info("using %d of the %d unlabelled pool samples (--max-pool)", config.max_pool,
+                 len(split.unlabelled(request, dataset.labels)))
     return request, dataset, split, pool_idx
 
 
@@ -352,7 +363,7 @@ def train_network(config: SemiSupervisedConfig) -> RunResult:
                           "dataset": dataset.summary()})
         L.seed_everything(config.seed, workers=True, verbose=False)
         if modality.channels_last:  # convolutions: the kernels predict uses too
-            model = model.to(memory_format=torch.channels_last)
+            model = to_channels_last(model)
         model.train()
         module = FixMatchModule(model, dataset.num_classes, optim,
                                 threshold_policy(config, dataset.num_classes, len(pool_idx)),

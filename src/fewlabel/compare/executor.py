@@ -242,7 +242,8 @@ def run_job(job: Job, store: ResultStore) -> dict[str, Any]:
         method, _, backbone = job.variant.partition("@")
         metrics = semisupervised(SemiSupervisedConfig(method=method, backbone=backbone, data=job.data,
                                                       data_dir=s["data_dir"], labels=job.labels, seed=job.seed,
-                                                      budget=Budget(progress=False), out=out,
+                                                      max_pool=s.get("max_pool"), budget=Budget(progress=False),
+                                                      out=out,
                                                       **data_options)).metrics
     else:
         raise ValueError(f"unknown job approach {job.approach}")

@@ -33,14 +33,15 @@ class BudgetPreset:
     width: int
     max_minutes: float | None
     semisup: tuple[str, ...] = ("label-spreading",)  # semi-supervised methods on the transfer backbones' features
+    semisup_pool: int | None = None  # at most this many unlabelled samples per semi-supervised job (None: all)
 
 
 BUDGETS = {
     "small": BudgetPreset("small", 400, 10, 3, 15, ("standard",), ("feature-extract",), ("simclr",), ("linear",), 16,
-                          5.0),
+                          5.0, semisup_pool=10_000),
     "medium": BudgetPreset("medium", 1000, 15, 8, 30, ("standard", "randaugment"), ("feature-extract", "finetune"),
                            ("simclr", "byol"), ("linear", "finetune"), 16, 30.0,
-                           ("label-spreading", "self-training")),
+                           ("label-spreading", "self-training"), semisup_pool=50_000),
     "large": BudgetPreset("large", 3000, 30, 20, 200, ("standard", "randaugment", "mixup"),
                           ("feature-extract", "finetune", "partial"), ("simclr", "moco", "byol", "dino"),
                           ("linear", "finetune"), 32, None, ("label-spreading", "self-training")),
@@ -135,6 +136,7 @@ def build_grid(data: str, labels: list[str], seeds: int, approaches: list[str], 
             if "semisupervised" in approaches and not _all_labels(fraction):
                 for backbone in backbones:
                     for method in budget.semisup:
+                        pool = {"max_pool": budget.semisup_pool} if budget.semisup_pool else {}
                         jobs.append(Job("semisupervised", f"{method}@{backbone}", data, fraction, seed,
-                                        {**common, **kind.feature_probe_settings}))
+                                        {**common, **kind.feature_probe_settings, **pool}))
     return jobs

@@ -43,8 +43,10 @@ class CompareConfig:
     skip_bad: bool = False
     retry_failed: bool = False  # rerun the jobs that failed in an earlier run (besides those not run yet)
     # Local executor: processes running jobs at once on this machine, each on its share of the CPU threads; they
-    # share the folder through the job leases, so each job runs once.
-    workers: int = 1
+    # share the folder through the job leases, so each job runs once. None: from the cores and ``threads_per_job``
+    # (see :func:`local_workers`).
+    workers: int | None = None
+    threads_per_job: int | None = None  # local: torch threads of each job (default: the cores / workers)
     # "module:function" running one job (default: the executor's own ``run_job``); imported in every worker.
     runner: str | None = None
     # "local" (this machine: ``workers`` processes) or "ray" (one Ray task per job: a local Ray instance, or the
@@ -67,8 +69,10 @@ def _check(config: CompareConfig) -> None:
     """Every option error before anything is loaded, connected or written."""
     if config.budget not in BUDGETS:
         raise FewlabelError(f"--budget {config.budget!r}: choose one of {', '.join(BUDGETS)}")
-    if config.workers < 1:
+    if config.workers is not None and config.workers < 1:
         raise FewlabelError(f"--workers {config.workers} is impossible; give 1 or more")
+    if config.threads_per_job is not None and config.threads_per_job < 1:
+        raise FewlabelError(f"--threads-per-job {config.threads_per_job} is impossible; give 1 or more")
     if config.executor not in EXECUTORS:
         raise FewlabelError(f"--executor {config.executor!r}: choose {' or '.join(EXECUTORS)}")
     if config.executor != "ray":
@@ -76,9 +80,10 @@ def _check(config: CompareConfig) -> None:
             raise FewlabelError("--ray-address is for --executor ray; add --executor ray to run the jobs on that "
                                 "Ray cluster")
         return
-    if config.workers != 1:
-        raise FewlabelError("--workers is the local executor's; with --executor ray, Ray runs as many jobs at once "
-                            "as the cluster's CPUs allow (--cpus-per-job sets each job's share)")
+    if config.workers is not None or config.threads_per_job is not None:
+        raise FewlabelError("--workers and --threads-per-job are the local executor's; with --executor ray, Ray "
+                            "runs as many jobs at once as the cluster's CPUs allow (--cpus-per-job sets each job's "
+                            "share)")
     if config.cpus_per_job <= 0:
         raise FewlabelError(f"--cpus-per-job {config.cpus_per_job:g} is impossible; give a positive number")
     if config.gpus_per_job is not None and config.gpus_per_job < 0:
@@ -194,15 +199,65 @@ def _run(config: CompareConfig, dataset, jobs: list, budget, modality, backbones
             "complete": finished == len(jobs)}
 
 
+# A compare job's peak memory on the CPU (digits and Fashion-MNIST jobs measured 0.9-2.5 GB of RSS): automatic
+# worker counts never plan more processes than the available memory holds at this much each.
+MEMORY_PER_WORKER = 3 * 1024**3
+WORKERS_ENV = "FEWLABEL_COMPARE_WORKERS"  # the default --workers, for scripts and test suites
+
+
+def _available_memory() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX: no memory cap
+        return None
+
+
+def local_workers(workers: int | None, threads_per_job: int | None, jobs: int,
+                  cores: int | None = None, memory: int | None = None, gpu: bool | None = None) -> tuple[int, int, str]:
+    """(workers, torch threads per job, why) for the local executor.
+
+    Given ``workers``: that many (at most one per job), each on ``threads_per_job`` or its share of the cores.
+    Automatic: ``$FEWLABEL_COMPARE_WORKERS`` when set; on a GPU one (the jobs share it badly); otherwise one per
+    ``threads_per_job`` (default 1) of the cores, no more than the available memory holds at
+    :data:`MEMORY_PER_WORKER` each. Why one thread per job: the compare grid's jobs are small, and one thread each in
+    parallel processes beats several threads on one job (the demo's 24 jobs: 197 job-seconds on 1 thread against
+    153 on 2, so two 1-thread workers finish first).
+    """
+    cores = cores or os.cpu_count() or 1
+    jobs = max(1, jobs)
+    if workers is None and os.environ.get(WORKERS_ENV):
+        try:
+            workers = int(os.environ[WORKERS_ENV])
+        except ValueError:
+            raise FewlabelError(f"{WORKERS_ENV}={os.environ[WORKERS_ENV]!r} is not a number of workers; unset it or "
+                                "give a whole number") from None
+        if workers < 1:
+            raise FewlabelError(f"{WORKERS_ENV}={workers} is impossible; give 1 or more")
+    if workers is not None:
+        count = min(workers, jobs)
+        return count, threads_per_job or max(1, cores // count), f"{count} as asked"
+    if gpu if gpu is not None else torch.cuda.is_available():
+        return 1, threads_per_job or cores, "1: the jobs would share one GPU (--workers N to share it anyway)"
+    count = max(1, cores // (threads_per_job or 1))
+    why = f"{count}: {cores} cores / {threads_per_job or 1} thread(s) per job"
+    memory = memory if memory is not None else _available_memory()
+    if memory is not None and memory // MEMORY_PER_WORKER < count:
+        count = max(1, int(memory // MEMORY_PER_WORKER))
+        why = f"{count}: {memory / 1024**3:.1f} GiB of memory available, about 3 GiB per job"
+    if count > jobs:
+        count, why = jobs, f"{jobs}: one per job"
+    return count, threads_per_job or max(1, cores // count), why
+
+
 def _start_workers(config: CompareConfig, fingerprint: str, registered: bool, jobs: int) -> list:
-    """``config.workers - 1`` extra processes (spawned: a fresh interpreter each, so a crash or a leaked thread
-    pool in one job cannot take the others down), each with its share of the CPU threads; this process is the
-    first worker and pins its own threads the same way."""
-    count = min(config.workers, max(1, jobs))
-    if count <= 1:
-        return []
-    threads = max(1, (os.cpu_count() or 1) // count)
+    """``workers - 1`` extra processes (spawned: a fresh interpreter each, so a crash or a leaked thread pool in
+    one job cannot take the others down), each on its share of the CPU threads; this process is the first worker
+    and pins its own threads the same way."""
+    count, threads, why = local_workers(config.workers, config.threads_per_job, jobs)
     torch.set_num_threads(threads)
+    if count <= 1:
+        log.info("local executor: 1 worker of %d thread(s) (%s)", threads, why)
+        return []
     context = multiprocessing.get_context("spawn")
     workers = []
     for index in range(1, count):
@@ -210,7 +265,8 @@ def _start_workers(config: CompareConfig, fingerprint: str, registered: bool, jo
                                  name=f"compare-worker-{index}")
         worker.start()
         workers.append(worker)
-    log.info("local executor: %d workers of %d thread(s) each (logs/worker-N.log for the others)", count, threads)
+    log.info("local executor: %d workers of %d thread(s) each (%s; logs/worker-N.log for the others)", count,
+             threads, why)
     return workers
 
 
@@ -270,7 +326,9 @@ def _setup(config: CompareConfig, dataset, budget, backbones: list[str]) -> dict
                    f"epochs, width {budget.width}), transfer {budget.transfer_epochs} epochs, pretraining "
                    f"{budget.pretrain_epochs} epochs, cap {budget.max_minutes} min/run; policies "
                    f"{', '.join(budget.policies)}; strategies {', '.join(budget.strategies)}; methods "
-                   f"{', '.join(budget.methods)} + {', '.join(budget.probes)}"),
+                   f"{', '.join(budget.methods)} + {', '.join(budget.probes)}; semi-supervised "
+                   f"{', '.join(budget.semisup)} on "
+                   + (f"at most {budget.semisup_pool:,} pool samples" if budget.semisup_pool else "the whole pool")),
         "approaches": ", ".join(config.approaches),
         "pretrained backbones": ", ".join(backbones),
         "splits": "the same nested, stratified split per seed for every approach; test split fixed across seeds",

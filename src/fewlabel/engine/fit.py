@@ -30,6 +30,7 @@ from fewlabel.engine.data import IndexedSamples, auto_batch_size, default_worker
 from fewlabel.engine.run import LOGGER_NAME, RunFolder, atomic_path, atomic_write
 from fewlabel.engine.trainer import EarlyStoppingAfterLearning, StopAfterEpochs, build_trainer
 from fewlabel.modalities import modality_of
+from fewlabel.models.backbones import to_channels_last
 
 log = logging.getLogger(LOGGER_NAME)
 
@@ -297,7 +298,7 @@ def fit_classifier(
                               collate_fn=eval_collate)
 
     if modality.channels_last:  # convolutions: channels-last kernels are faster on CPUs and GPUs
-        model = model.to(memory_format=torch.channels_last)
+        model = to_channels_last(model)
     model.train()  # Hugging Face's from_pretrained returns eval mode (dropout off); Lightning keeps modes as found
 
     def module_with(lr: float) -> ClassificationModule:

@@ -19,6 +19,7 @@ from fewlabel.engine.run import LOGGER_NAME
 from fewlabel.evaluate.features import extract_features
 from fewlabel.evaluate.probes import accuracy, collapse_warning, knn_predict, representation_health
 from fewlabel.methods.base import SSLMethod
+from fewlabel.models.backbones import channels_last_safe
 
 if TYPE_CHECKING:
     from fewlabel.data.dataset import Dataset
@@ -40,6 +41,7 @@ class PretrainModule(L.LightningModule):
         self.optim = optim
         self.batched_views = batched_views
         self.samples_seen = 0
+        self.channels_last = channels_last_safe(method)  # views follow the weights' memory format
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if self.batched_views is not None and isinstance(batch, torch.Tensor):
@@ -50,8 +52,9 @@ class PretrainModule(L.LightningModule):
         if isinstance(views, torch.Tensor):  # one batch of samples, no views (wav2vec 2.0 masks inside the model)
             views = [views]
         # Entries that are not image tensors (an image-text batch's token dict and caption ids) pass as they are.
-        views = [v.contiguous(memory_format=torch.channels_last) if isinstance(v, torch.Tensor) and v.ndim == 4
-                 else v for v in views]
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) if isinstance(v, torch.Tensor) and v.ndim == 4
+                     else v for v in views]
         loss, scalars = self.method.training_loss(views)
         batch = views[0].shape[0]
         self.samples_seen += batch * world_size(self)  # every rank trains on its own batch of this size

@@ -71,7 +71,9 @@ def _open_table(path: Path, rows: int, dim: int) -> np.memmap | None:
 
 @contextmanager
 def _exclusive(place: Path) -> Iterator[None]:
-    """Serialise writers (e.g. two commands sharing the cache); readers need no lock, they trust the mask."""
+    """One extracting writer at a time per table (e.g. two compare workers whose jobs need the same features: the
+    second waits, then finds the rows done instead of computing them again); readers need no lock, they trust the
+    mask."""
     place.mkdir(parents=True, exist_ok=True)
     with open(place / "lock", "a+") as handle:
         try:
@@ -79,7 +81,11 @@ def _exclusive(place: Path) -> Iterator[None]:
         except ImportError:  # not POSIX: one writer at a time is assumed
             yield
             return
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("another process is extracting these features (%s); waiting for it", place)
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -87,21 +93,35 @@ def _exclusive(place: Path) -> Iterator[None]:
 
 
 def _store(place: Path, rows: int, missing: np.ndarray, computed: np.ndarray) -> tuple[np.memmap, np.ndarray]:
-    """Write computed rows, then the mask that vouches for them (an interrupted write is only recomputed)."""
-    with _exclusive(place):
-        done = _read_mask(place / "done.npy", rows)  # fresh: another process may have added rows meanwhile
-        table = _open_table(place / "features.npy", rows, computed.shape[1]) if done.any() else None
-        if table is None:
-            done[:] = False
-            table = np.lib.format.open_memmap(place / "features.npy", mode="w+", dtype=np.float32,
-                                              shape=(rows, computed.shape[1]))
-        table[missing] = computed
-        table.flush()
-        done[missing] = True
-        tmp = place / "done.tmp.npy"
-        np.save(tmp, done)
-        tmp.replace(place / "done.npy")
+    """Write computed rows, then the mask that vouches for them (an interrupted write is only recomputed).
+    The caller holds :func:`_exclusive`."""
+    done = _read_mask(place / "done.npy", rows)  # fresh: another process may have added rows meanwhile
+    table = _open_table(place / "features.npy", rows, computed.shape[1]) if done.any() else None
+    if table is None:
+        done[:] = False
+        table = np.lib.format.open_memmap(place / "features.npy", mode="w+", dtype=np.float32,
+                                          shape=(rows, computed.shape[1]))
+    table[missing] = computed
+    table.flush()
+    done[missing] = True
+    tmp = place / "done.tmp.npy"
+    np.save(tmp, done)
+    tmp.replace(place / "done.npy")
     return table, done
+
+
+def _read_rows(place: Path, rows: int, indices: np.ndarray) -> torch.Tensor | None:
+    """The cached features of ``indices`` when the mask vouches for all of them and the table reads back."""
+    done = _read_mask(place / "done.npy", rows)
+    if not (len(indices) and done[indices].all()):
+        return None
+    try:
+        table = np.load(place / "features.npy", mmap_mode="r")
+        if table.shape[0] == rows and table.dtype == np.float32:
+            return torch.from_numpy(np.array(table[indices]))
+    except (OSError, ValueError, EOFError):
+        pass
+    return None
 
 
 def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, folder: Path | None = None,
@@ -112,23 +132,23 @@ def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, f
     place = (folder or cache_dir() / "features") / feature_key(backbone, dataset)
     rows = len(dataset.samples)
     indices = np.asarray(indices, dtype=np.int64)
-    done = _read_mask(place / "done.npy", rows)
-    if done[indices].all() and len(indices):
-        try:
-            table = np.load(place / "features.npy", mmap_mode="r")
-            if table.shape[0] == rows and table.dtype == np.float32:
-                return torch.from_numpy(np.array(table[indices])), True
-        except (OSError, ValueError, EOFError):
-            pass
-    missing = np.unique(indices[~done[indices]])
-    if len(missing) == 0:  # the mask vouches for rows the table could not give back: compute them again
-        missing = np.unique(indices)
-    if extractor is None:  # the dataset's modality says how (images: batched forward passes on ``device``)
-        from fewlabel.modalities import LoadedBackbone, modality_of
+    cached = _read_rows(place, rows, indices)
+    if cached is not None:
+        return cached, True
+    with _exclusive(place):
+        cached = _read_rows(place, rows, indices)  # another process may have computed them while we waited
+        if cached is not None:
+            return cached, True
+        done = _read_mask(place / "done.npy", rows)
+        missing = np.unique(indices[~done[indices]])
+        if len(missing) == 0:  # the mask vouches for rows the table could not give back: compute them again
+            missing = np.unique(indices)
+        if extractor is None:  # the dataset's modality says how (images: batched forward passes on ``device``)
+            from fewlabel.modalities import LoadedBackbone, modality_of
 
-        extractor = modality_of(dataset).feature_extractor(LoadedBackbone(backbone, dataset, ""), device)
-    computed = extractor(missing)
-    table, done = _store(place, rows, missing, computed.detach().cpu().float().numpy())
+            extractor = modality_of(dataset).feature_extractor(LoadedBackbone(backbone, dataset, ""), device)
+        computed = extractor(missing)
+        table, done = _store(place, rows, missing, computed.detach().cpu().float().numpy())
     if not done[indices].all():  # the table was rebuilt meanwhile: compute what it lost
         return cached_features(backbone, dataset, indices, folder, extractor, device)[0], False
     return torch.from_numpy(np.array(table[indices])), False

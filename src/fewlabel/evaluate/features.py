@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewlabel.models.backbones import Backbone, InputAdapter
+from fewlabel.models.backbones import Backbone, InputAdapter, to_channels_last
 
 
 @torch.no_grad()
@@ -23,7 +23,7 @@ def extract_features(
     store of files decoded on access), float32 on the CPU."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     adapter = InputAdapter(samples.shape[1], backbone.input_spec).to(device)
-    model = nn.Sequential(adapter, backbone).to(device, memory_format=torch.channels_last)
+    model = to_channels_last(nn.Sequential(adapter, backbone).to(device))
     was_training = backbone.training
     model.eval()
     chunks = []

@@ -86,6 +86,29 @@ class EmbeddingClassifier(nn.Module):
 _STAGE_CONTAINERS = ("blocks", "stages", "layers", "features")
 
 
+# Narrowest convolution or BatchNorm that runs channels-last: PyTorch 2.14's CPU kernels corrupt the heap
+# ("corrupted double-linked list", then SIGABRT) in the backward pass of a ResNet whose layers have fewer than 8
+# channels (one vector of floats) when channels-last runs on one thread; at 8 and more they are fine.
+CHANNELS_LAST_MIN = 8
+
+
+def channels_last_safe(module: nn.Module) -> bool:
+    """Whether ``module`` may run channels-last: every Conv2d's output and every BatchNorm2d has at least
+    :data:`CHANNELS_LAST_MIN` channels (the first convolution's input, e.g. 1 grey channel, does not count)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Conv2d) and layer.out_channels < CHANNELS_LAST_MIN:
+            return False
+        if isinstance(layer, nn.BatchNorm2d) and layer.num_features < CHANNELS_LAST_MIN:
+            return False
+    return True
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """``module`` in channels-last memory format (faster convolutions on CPUs and GPUs) where that is safe
+    (:func:`channels_last_safe`); as it is otherwise."""
+    return module.to(memory_format=torch.channels_last) if channels_last_safe(module) else module
+
+
 def stages_with_parameters(body: nn.Module) -> list[str]:
     """Children that own parameters, in forward order: the natural 'stages' of a timm model.
 
