@@ -66,7 +66,8 @@ def fake_runner(calls: list[str]):
     def run(job, store):
         calls.append(job.key())
         rng = np.random.default_rng(abs(hash(job.key())) % 2**32)
-        base = {"supervised": 0.8, "transfer": 0.85, "probe": 0.9, "pretrain": 0.0}[job.approach]
+        base = {"supervised": 0.8, "transfer": 0.85, "probe": 0.9, "pretrain": 0.0,
+                "semisupervised": 0.87}[job.approach]
         return {"test_accuracy": None if job.approach == "pretrain" else base + 0.01 * rng.random(),
                 "seconds": 1.0, "labelled": 10 if job.labels == "0.1" else 100, "warnings": []}
     return run
@@ -99,12 +100,14 @@ def test_interrupted_run_folder_is_moved_aside(tmp_path: Path) -> None:
 
 
 def test_report_from_stored_results_without_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    jobs = build_grid("digits", ["0.1", "1"], 3, ["supervised", "transfer", "selfsupervised"], BUDGETS["small"],
-                      ["efficientnet_lite0"])
+    jobs = build_grid("digits", ["0.1", "1"], 3, ["supervised", "transfer", "selfsupervised", "semisupervised"],
+                      BUDGETS["small"], ["efficientnet_lite0"])
     execute(jobs, ResultStore(tmp_path), runner=fake_runner([]))
     assert main(["report", str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "| approach | needs labels? | data used |" in md
+    # Every row says what data it used, the semi-supervised one included.
+    assert "| semi-supervised: label-spreading@efficientnet_lite0 | yes | labelled subset + unlabelled pool" in md
     assert "self-supervised: simclr+linear" in md and "(n=3)" in md
     assert "**0.1 labels**" in md and "is better than the runner-up" in md
     assert "## Paired differences against the recommended approach" in md

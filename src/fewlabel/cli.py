@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -706,13 +705,9 @@ def _configure_logging(quiet: bool, quiet_lightning: bool = True) -> None:
     logger.propagate = False
     if not quiet_lightning:
         return
-    # Lightning configures its loggers when imported, so import it before quieting its start-up chatter
-    # (accelerator banners, tips); its warnings still show.
-    import lightning.pytorch  # noqa: F401
+    from fewlabel.engine.trainer import quiet_lightning
 
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    quiet_lightning()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

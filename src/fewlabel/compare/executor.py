@@ -429,6 +429,9 @@ def run_one(job: Job, store: ResultStore, runner: Callable[[Job, ResultStore], d
         store.leases.release(key)
 
 
+WAIT_LOG_SECONDS = 60.0  # a process waiting for others' jobs says so when the wait changes, else once a minute
+
+
 def run_grid(jobs: list[Job], store: ResultStore,
              runner: Callable[[Job, ResultStore], dict[str, Any]] | None = None, limit: int | None = None,
              retry_failed: bool = False, wait_for_others: bool = True, poll_seconds: float = 2.0) -> GridOutcome:
@@ -453,6 +456,8 @@ def run_grid(jobs: list[Job], store: ResultStore,
         return failed_since(store, key, failed_at_start.get(key))
 
     rechecked = False
+    last_wait: tuple[int, str] | None = None
+    last_wait_logged = 0.0
     while pending:
         deferred: list[Job] = []
         progressed = False
@@ -516,8 +521,11 @@ def run_grid(jobs: list[Job], store: ResultStore,
                 log.warning("%d job(s) could not run: their dependencies are missing", len(pending))
             break
         holder = store.leases.holder(busy[0].key()) or store.leases.holder(busy[0].depends_on or "") or {}
-        log.info("waiting for %d job(s) running in another process (e.g. %s: pid %s on %s)", len(busy),
-                 busy[0].key(), holder.get("pid"), holder.get("host"))
+        waiting = (len(busy), busy[0].key())
+        if waiting != last_wait or time.monotonic() - last_wait_logged >= WAIT_LOG_SECONDS:  # not every poll
+            log.info("waiting for %d job(s) running in another process (e.g. %s: pid %s on %s)", len(busy),
+                     busy[0].key(), holder.get("pid"), holder.get("host"))
+            last_wait, last_wait_logged = waiting, time.monotonic()
         time.sleep(poll_seconds)
     return _finish(outcome, store)
 

@@ -27,7 +27,6 @@ import logging
 import os
 import socket
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,9 +154,9 @@ def _worker_logging(out: Path) -> None:
     logger.handlers[:] = [handler, console]
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # as on the command line
+    from fewlabel.engine.trainer import quiet_lightning
+
+    quiet_lightning()  # as on the command line
     _worker_log = handler
 
 

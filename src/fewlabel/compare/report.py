@@ -16,6 +16,7 @@ DATA_USED = {
     "data augmentation": ("yes", "labelled subset only"),
     "transfer learning": ("yes", "labelled subset + a model pretrained elsewhere"),
     "self-supervised": ("yes (probe only)", "unlabelled pool for pretraining + labelled subset"),
+    "semi-supervised": ("yes", "labelled subset + unlabelled pool together (+ the backbone's features)"),
 }
 
 

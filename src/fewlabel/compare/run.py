@@ -92,12 +92,19 @@ def _check(config: CompareConfig) -> None:
 
 def _work(config: CompareConfig, index: int, threads: int, fingerprint: str, registered: bool) -> None:
     """One extra local worker: the same grid, jobs taken under leases, until none is left."""
+    from fewlabel.engine.trainer import quiet_lightning
+
     torch.set_num_threads(threads)
     out = Path(config.out)
     handler = logging.FileHandler(out / "logs" / f"worker-{index}.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger(LOGGER_NAME).addHandler(handler)
-    logging.getLogger(LOGGER_NAME).setLevel(logging.INFO)
+    console = logging.StreamHandler()  # the console shows this worker's warnings; its progress is in its log
+    console.setLevel(logging.WARNING)
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers[:] = [handler, console]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    quiet_lightning()
     _, jobs = _jobs(config)
     store = ResultStore(out, fingerprint=fingerprint, legacy_ok=registered)
     run_grid(jobs, store, _runner(config.runner), limit=config.max_jobs, retry_failed=config.retry_failed)

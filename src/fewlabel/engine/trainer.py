@@ -26,6 +26,14 @@ log = logging.getLogger(LOGGER_NAME)
 epoch_log = logging.getLogger(f"{LOGGER_NAME}.epochs")  # its own name, so a console can hide epoch lines
 
 
+def quiet_lightning() -> None:
+    """Lightning's start-up chatter (accelerator banners, tips, a pytree deprecation) off the console; its
+    warnings still show. Lightning configures its loggers when imported, so this runs after the import."""
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+
+
 def device_type(accelerator: str = "auto") -> str:
     """The kind of device Lightning trains on for ``--accelerator`` (``cuda``, ``mps``, ``cpu``, ...), resolved
     the way Lightning resolves ``auto`` and ``gpu``."""
