@@ -150,7 +150,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _hide_epoch_lines()
     config = CompareConfig(data="digits", labels=("0.05", "0.2", "1.0"), seeds=2, budget="small", out=args.out)
     result = compare(config)
-    print(f"{result['ran']} runs done ({result['skipped']} reused). Report: {result['report_html']} "
+    others = f", {result['by_others']} in the other worker process(es)" if result["by_others"] else ""
+    print(f"{result['ran'] + result['by_others']} runs done ({result['ran']} in this process{others}; "
+          f"{result['skipped']} reused). Report: {result['report_html']} "
           f"(markdown: {result['report_md']})")
     return 0
 
