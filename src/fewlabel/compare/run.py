@@ -182,8 +182,12 @@ def _run(config: CompareConfig, dataset, jobs: list, budget, modality, backbones
                                    retry_failed=config.retry_failed, cpus_per_job=config.cpus_per_job,
                                    gpus_per_job=config.gpus_per_job)
         else:
+            threads = torch.get_num_threads()
             workers = _start_workers(config, fingerprint, registered, len(jobs))
-            outcome = run_grid(jobs, store, runner, limit=config.max_jobs, retry_failed=config.retry_failed)
+            try:
+                outcome = run_grid(jobs, store, runner, limit=config.max_jobs, retry_failed=config.retry_failed)
+            finally:
+                torch.set_num_threads(threads)  # this process's own setting again (compare from Python)
         for worker in workers:
             worker.join()
             if worker.exitcode:
@@ -213,9 +217,17 @@ WORKERS_ENV = "FEWLABEL_COMPARE_WORKERS"  # the default --workers, for scripts a
 
 
 def _available_memory() -> int | None:
+    """Bytes of memory new processes can use: Linux's MemAvailable (free memory plus the page cache it can drop;
+    free memory alone is small on any machine that has read a dataset), else the free pages, else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):  # not POSIX: no memory cap
+    except (AttributeError, ValueError, OSError):  # neither: no memory cap
         return None
 
 
@@ -227,8 +239,8 @@ def local_workers(workers: int | None, threads_per_job: int | None, jobs: int,
     Automatic: ``$FEWLABEL_COMPARE_WORKERS`` when set; on a GPU one (the jobs share it badly); otherwise one per
     ``threads_per_job`` (default 1) of the cores, no more than the available memory holds at
     :data:`MEMORY_PER_WORKER` each. Why one thread per job: the compare grid's jobs are small, and one thread each in
-    parallel processes beats several threads on one job (the demo's 24 jobs: 197 job-seconds on 1 thread against
-    153 on 2, so two 1-thread workers finish first).
+    parallel processes beats several threads on one job (the demo's 24 jobs: about 200 job-seconds on 1 thread
+    against 147 on 2, so two 1-thread workers finish first).
     """
     cores = cores or os.cpu_count() or 1
     jobs = max(1, jobs)
