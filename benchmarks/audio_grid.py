@@ -80,6 +80,10 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", default="10,30")
     parser.add_argument("--pretrain-batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--finetune-flags", default="",
+                        help="extra flags for the fine-tuning cells, e.g. '--no-lp-ft --lr-sweep 1' for the recipe "
+                             "before issue 16 (the stored cells' recipe)")
+    parser.add_argument("--skip-cnn", action="store_true", help="only the wav2vec 2.0 cells")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("FEWLABEL_OFFLINE", "1")
@@ -99,7 +103,8 @@ def main() -> None:
         if protocol == "linear":
             cmd = ["evaluate", "--backbone", str(export), "--protocol", "linear"]
         else:  # the transfer path: the convolutional feature encoder frozen, as the paper fine-tunes
-            cmd = ["finetune", "--backbone", str(export), "--strategy", "finetune", "--data", "spoken-words"]
+            cmd = ["finetune", "--backbone", str(export), "--strategy", "finetune", "--data", "spoken-words",
+                   *args.finetune_flags.split()]
         store.run(key, lambda: run([*cmd, "--labels", fraction, "--seed", str(seed)], out))
 
     late = [("finetune", "1.0", seed) for seed in range(1, args.seeds)]
@@ -111,6 +116,8 @@ def main() -> None:
     order = [(p, f) for p in policies[1:2] for f in fractions]
     order += [(p, "0.1") for p in policies if (p, "0.1") not in order and "0.1" in fractions]
     order += [(p, f) for p in policies for f in fractions if (p, f) not in order]
+    if args.skip_cnn:
+        order = []
     for index, (policy, fraction) in enumerate(order):
         if index == len(policies) + len(fractions) - 1:  # after the best policy and every policy at 10%
             for cell in late:
@@ -120,6 +127,8 @@ def main() -> None:
             store.run(key, lambda p=policy, f=fraction, s=seed: run(
                 ["train", "--data", "spoken-words", "--augment", p, "--width", "16", "--labels", f,
                  "--seed", str(s)], work / f"cnn-{p}-{f}-s{s}"))
+    for cell in late:  # when the grid above was too short to reach them (finished cells are skipped)
+        wav2vec2_cell(*cell)
 
 if __name__ == "__main__":
     main()
