@@ -112,7 +112,7 @@ def test_l2sp_is_zero_at_start_and_grows_with_distance() -> None:
     assert float(reg().detach()) == pytest.approx(expected)
 
 
-def test_feature_cache_hits_and_invalidates(tmp_path: Path) -> None:
+def test_feature_cache_hits_and_invalidates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     dataset = load_dataset("digits")
     backbone = create_backbone("resnet_small", in_chans=1, width=8).eval()
     idx = np.arange(50)
@@ -130,8 +130,11 @@ def test_feature_cache_hits_and_invalidates(tmp_path: Path) -> None:
     assert torch.allclose(overlap[:10], first[40:], atol=1e-5)
     assert torch.allclose(overlap, extract_features(backbone, dataset.samples, np.arange(40, 60)), atol=1e-5)
     (next(tmp_path.glob("*/done.npy"))).write_bytes(b"garbage")  # a damaged cache is rebuilt, never trusted
-    rebuilt, rebuilt_hit = cached_features(backbone, dataset, idx, folder=tmp_path)
+    with caplog.at_level("WARNING", logger="fewlabel"):
+        rebuilt, rebuilt_hit = cached_features(backbone, dataset, idx, folder=tmp_path)
     assert not rebuilt_hit and torch.allclose(rebuilt, first, atol=1e-5)
+    assert [r.getMessage() for r in caplog.records].count(  # one lookup, one warning
+        f"feature cache mask {next(tmp_path.glob('*/done.npy'))} is unreadable; recomputing its rows") == 1
     with torch.no_grad():
         backbone.body.conv1.weight.mul_(2.0)
     changed, hit_changed = cached_features(backbone, dataset, idx, folder=tmp_path)

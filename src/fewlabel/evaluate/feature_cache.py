@@ -42,15 +42,16 @@ def feature_key(backbone: Backbone, dataset: Dataset) -> str:
     return digest.hexdigest()[:24]
 
 
-def _read_mask(path: Path, rows: int) -> np.ndarray:
-    """Which rows of the table hold computed features (all False when absent or unreadable)."""
+def _read_mask(path: Path, rows: int, warn: bool = False) -> np.ndarray:
+    """Which rows of the table hold computed features (all False when absent or unreadable). Only the locked
+    writer's read warns about a damaged mask, so one lookup logs it once."""
     try:
         done = np.load(path)
         if done.shape == (rows,) and done.dtype == bool:
             return done
     except (OSError, ValueError, EOFError):
         pass
-    if path.exists():
+    if warn and path.exists():
         log.warning("feature cache mask %s is unreadable; recomputing its rows", path)
     return np.zeros(rows, dtype=bool)
 
@@ -139,7 +140,7 @@ def cached_features(backbone: Backbone, dataset: Dataset, indices: np.ndarray, f
         cached = _read_rows(place, rows, indices)  # another process may have computed them while we waited
         if cached is not None:
             return cached, True
-        done = _read_mask(place / "done.npy", rows)
+        done = _read_mask(place / "done.npy", rows, warn=True)
         missing = np.unique(indices[~done[indices]])
         if len(missing) == 0:  # the mask vouches for rows the table could not give back: compute them again
             missing = np.unique(indices)
