@@ -70,6 +70,45 @@ def pretrain_stages(store: CellStore, work: Path, stages: list[int], batch_size:
     return folder
 
 
+LABEL_COUNTS = {"0.01": "1% labels (20)", "0.1": "10% labels (240)", "1.0": "100% labels (2,400)"}
+
+
+def summarise(store: CellStore) -> None:
+    """The issue's table from the stored cells: test accuracy mean ± 95% CI (t), macro-F1, the seeds, mean
+    training seconds; then the 10%/100% ratio of wav2vec 2.0 fine-tuning (the seed's 95% claim)."""
+    from fewlabel.compare.stats import summarize
+
+    rows = [("wav2vec 2.0 tiny + linear probe", {"kind": "wav2vec2", "protocol": "linear"}),
+            ("wav2vec 2.0 tiny + fine-tuning", {"kind": "wav2vec2", "protocol": "finetune"})]
+    rows += [(f"log-mel CNN, `{p}`", {"kind": "cnn", "policy": p}) for p in POLICIES]
+
+    def cells(match: dict, fraction: str) -> list[dict]:
+        found = [c for c in store.data["cells"] if c.get("labels") == fraction and "repeat" not in c
+                 and all(c.get(k) == v for k, v in match.items())]
+        return sorted(found, key=lambda c: c["seed"])
+
+    print("| approach | " + " | ".join(LABEL_COUNTS.values()) + " |")
+    print("| --- | --- | --- | --- |")
+    for name, match in rows:
+        out = []
+        for fraction in LABEL_COUNTS:
+            found = cells(match, fraction)
+            if not found:
+                out.append("not run")
+                continue
+            accuracy = summarize([c["test_accuracy"] for c in found])
+            f1 = sum(c["macro_f1"] for c in found) / len(found)
+            seconds = sum(c["train_seconds"] for c in found) / len(found)
+            seeds = "/".join(f"{100 * c['test_accuracy']:.1f}" for c in found)
+            out.append(f"{accuracy.format()} (F1 {100 * f1:.1f}; {seeds}; {seconds:.0f} s; n={len(found)})")
+        print(f"| {name} | " + " | ".join(out) + " |")
+    ten, full = (cells({"kind": "wav2vec2", "protocol": "finetune"}, f) for f in ("0.1", "1.0"))
+    if ten and full:
+        ratio = [a["test_accuracy"] / b["test_accuracy"] for a in ten for b in full if a["seed"] == b["seed"]]
+        print(f"\nwav2vec 2.0 fine-tuning, 10% / 100% labels per seed: {summarize(ratio).format()}% "
+              f"(seeds {[a['seed'] for a in ten if any(b['seed'] == a['seed'] for b in full)]})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="/tmp/audio-grid", help="run folders (large; outside the repository)")
@@ -84,7 +123,11 @@ def main() -> None:
                         help="extra flags for the fine-tuning cells, e.g. '--no-lp-ft --lr-sweep 1' for the recipe "
                              "before issue 16 (the stored cells' recipe)")
     parser.add_argument("--skip-cnn", action="store_true", help="only the wav2vec 2.0 cells")
+    parser.add_argument("--summary", action="store_true", help="print the table of the stored cells and exit")
     args = parser.parse_args()
+    if args.summary:
+        summarise(CellStore(args.json))
+        return
     torch.set_num_threads(args.threads)
     os.environ.setdefault("FEWLABEL_OFFLINE", "1")
     work = Path(args.work)
