@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/audio-grid", help="run folders (large; outside the repository)")
     parser.add_argument("--json", default="benchmarks/results/audio_grid.json")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="CNN cells: seeds --first-seed .. --seeds-1 (split one row's seeds across processes)")
     parser.add_argument("--fractions", default=",".join(FRACTIONS))
     parser.add_argument("--policies", default=",".join(POLICIES))
     parser.add_argument("--pretrain-epochs", default="10,30")
@@ -165,7 +167,7 @@ def main() -> None:
         if index == len(policies) + len(fractions) - 1:  # after the best policy and every policy at 10%
             for cell in late:
                 wav2vec2_cell(*cell)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.seeds):
             key = {"kind": "cnn", "policy": policy, "labels": fraction, "seed": seed}
             store.run(key, lambda p=policy, f=fraction, s=seed: run(
                 ["train", "--data", "spoken-words", "--augment", p, "--width", "16", "--labels", f,
