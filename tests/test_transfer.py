@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from fewlabel.cli import main
 from fewlabel.data import load_dataset
 from fewlabel.data.splits import LabelSplit
 from fewlabel.errors import FewlabelError
+from fewlabel.evaluate.feature_cache import log as cache_log
 from fewlabel.evaluate.features import extract_features
 from fewlabel.evaluate.frozen import train_linear_head
 from fewlabel.evaluate.probes import PROBE_C_GRID
@@ -112,7 +114,7 @@ def test_l2sp_is_zero_at_start_and_grows_with_distance() -> None:
     assert float(reg().detach()) == pytest.approx(expected)
 
 
-def test_feature_cache_hits_and_invalidates(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_feature_cache_hits_and_invalidates(tmp_path: Path) -> None:
     dataset = load_dataset("digits")
     backbone = create_backbone("resnet_small", in_chans=1, width=8).eval()
     idx = np.arange(50)
@@ -130,10 +132,19 @@ def test_feature_cache_hits_and_invalidates(tmp_path: Path, caplog: pytest.LogCa
     assert torch.allclose(overlap[:10], first[40:], atol=1e-5)
     assert torch.allclose(overlap, extract_features(backbone, dataset.samples, np.arange(40, 60)), atol=1e-5)
     (next(tmp_path.glob("*/done.npy"))).write_bytes(b"garbage")  # a damaged cache is rebuilt, never trusted
-    with caplog.at_level("WARNING", logger="fewlabel"):
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # type: ignore[method-assign]  # the CLI's logging setup may stop propagation
+    level = cache_log.level  # an earlier `fewlabel -q` may have raised it
+    cache_log.addHandler(handler)
+    cache_log.setLevel(logging.WARNING)
+    try:
         rebuilt, rebuilt_hit = cached_features(backbone, dataset, idx, folder=tmp_path)
+    finally:
+        cache_log.removeHandler(handler)
+        cache_log.setLevel(level)
     assert not rebuilt_hit and torch.allclose(rebuilt, first, atol=1e-5)
-    assert [r.getMessage() for r in caplog.records].count(  # one lookup, one warning
+    assert [r.getMessage() for r in records].count(  # one lookup, one warning
         f"feature cache mask {next(tmp_path.glob('*/done.npy'))} is unreadable; recomputing its rows") == 1
     with torch.no_grad():
         backbone.body.conv1.weight.mul_(2.0)
