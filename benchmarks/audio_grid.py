@@ -75,7 +75,8 @@ LABEL_COUNTS = {"0.01": "1% labels (20)", "0.1": "10% labels (240)", "1.0": "100
 
 def summarise(store: CellStore) -> None:
     """The issue's table from the stored cells: test accuracy mean ± 95% CI (t), macro-F1, the seeds, mean
-    training seconds; then the 10%/100% ratio of wav2vec 2.0 fine-tuning (the seed's 95% claim)."""
+    training seconds; then every row's 10%/100% ratio per seed (the seed's 95% claim). Cells marked ``repeat``
+    (a seed run again, e.g. on a re-pretrained export) are kept in the JSON but not counted twice."""
     from fewlabel.compare.stats import summarize
 
     rows = [("wav2vec 2.0 tiny + linear probe", {"kind": "wav2vec2", "protocol": "linear"}),
