@@ -38,10 +38,12 @@ VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}
 
 
-def cell(data: str, fraction: str, seed: int, strategy: str, variant: str, work: Path) -> dict:
+def cell(data: str, fraction: str, seed: int, strategy: str, variant: str, work: Path,
+         image_size: int | None = None) -> dict:
     out = work / f"{data}-{fraction}-{strategy}-{variant}-s{seed}"
     args = ["finetune", "--backbone", BACKBONE[data], "--strategy", strategy, "--data", data, "--labels", fraction,
-            "--seed", str(seed), *VARIANTS.get(variant, [])]
+            "--seed", str(seed), *(["--image-size", str(image_size)] if image_size else []),
+            *VARIANTS.get(variant, [])]
     started = time.perf_counter()
     if fewlabel(["-q", *args, "--out", str(out)]) != 0:
         raise RuntimeError(f"fewlabel {' '.join(args)} failed")
@@ -59,7 +61,8 @@ def cell(data: str, fraction: str, seed: int, strategy: str, variant: str, work:
 def summarise(store: CellStore) -> None:
     rows: dict[tuple, list[float]] = {}
     for c in store.data["cells"]:
-        rows.setdefault((c["data"], c["labels"], c["strategy"], c["variant"]), []).append(100 * c["test_accuracy"])
+        data = c["data"] + (f" @{c['image_size']} px" if c.get("image_size") else "")
+        rows.setdefault((data, c["labels"], c["strategy"], c["variant"]), []).append(100 * c["test_accuracy"])
     print("| data | labels | strategy | variant | mean ± 95% CI | seeds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for (data, labels, strategy, variant), accs in sorted(rows.items()):
@@ -84,6 +87,8 @@ def main() -> None:
                         "(after-bn-train=after-unscaled)")
     parser.add_argument("--json", default="benchmarks/results/lp_ft.json")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="images: the input resolution (default: the backbone's, 224 px); part of the cells' key")
     parser.add_argument("--summary", action="store_true", help="print the table of the stored cells and exit")
     args = parser.parse_args()
     store = CellStore(args.json)
@@ -106,13 +111,15 @@ def main() -> None:
         for fraction in args.fractions.split(","):
             for seed in range(args.seeds):
                 key = {"data": args.data, "labels": fraction, "seed": seed}
+                key |= {"image_size": args.image_size} if args.image_size else {}
                 store.run({**key, "strategy": "feature-extract", "variant": "reference"},
-                          lambda f=fraction, s=seed: cell(args.data, f, s, "feature-extract", "reference", Path(tmp)))
+                          lambda f=fraction, s=seed: cell(args.data, f, s, "feature-extract", "reference", Path(tmp),
+                                                          args.image_size))
                 for strategy in args.strategies.split(","):
                     for variant in args.variants.split(","):
                         store.run({**key, "strategy": strategy, "variant": variant},
                                   lambda f=fraction, s=seed, st=strategy, v=variant: cell(
-                                      args.data, f, s, st, v, Path(tmp)))
+                                      args.data, f, s, st, v, Path(tmp), args.image_size))
     summarise(store)
 
 

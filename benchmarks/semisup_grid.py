@@ -89,33 +89,71 @@ def test_curve_hook(started: list[float]) -> None:
     fixmatch.FixMatchModule.on_train_epoch_end = hooked
 
 
-def fixmatch_cells(store: CellStore, work: Path, methods: list[str], epochs: int, width: int, seeds: int) -> None:
+def fixmatch_cells(store: CellStore, work: Path, methods: list[str], epochs: int, width: int, seeds: list[int],
+                   backbone: str | None, start: str | None, image_size: int | None) -> None:
+    """From scratch (a width-``width`` network) or, with ``backbone``, fine-tuning that network (a timm name or a
+    fewlabel export folder); ``start`` names the starting point in the cell's key."""
     started = [0.0]
     test_curve_hook(started)
-    for seed in range(seeds):
+    for seed in seeds:
         for method in methods:
             key = {"kind": "trained", "method": method, "data": "fashion-mnist", "labels": "0.01", "seed": seed,
-                   "width": width, "planned_epochs": epochs}
+                   "planned_epochs": epochs}
+            key |= {"start": start or backbone} if backbone else {"width": width}
+            network = ["--backbone", backbone] if backbone else ["--width", str(width)]
+            network += ["--image-size", str(image_size)] if image_size else []
+            folder = f"{method}-fmnist-0.01-{(start or 'bb') if backbone else f'w{width}'}-s{seed}"
 
-            def work_cell(m: str = method, s: int = seed) -> dict:
+            def work_cell(m: str = method, s: int = seed, network: list[str] = network, folder: str = folder) -> dict:
                 started[0] = time.perf_counter()
                 return run(["semisup", "--method", m, "--data", "fashion-mnist", "--labels", "0.01", "--seed", str(s),
-                            "--width", str(width), "--epochs", str(epochs)], work / f"{m}-fmnist-0.01-w{width}-s{s}")
+                            *network, "--epochs", str(epochs)], work / folder)
 
             store.run(key, work_cell)
 
 
+def summarise_trained(store: CellStore) -> None:
+    """One row per trained cell: the EMA model's test curve per epoch (diagnostic), the run's final test accuracy
+    and its last epoch's mask rate and pseudo-label accuracy."""
+    print("| method | start | seed | epochs | test accuracy per epoch (diagnostic) | final test | mask rate | "
+          "pseudo-labels correct | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    cells = [c for c in store.data["cells"] if c.get("kind") == "trained"]
+    for c in sorted(cells, key=lambda c: (c.get("start") or "", c["method"], c["seed"])):
+        start = c.get("start") or f"scratch (width {c.get('width')})"
+        curve = " / ".join(f"{100 * e['test_accuracy_diagnostic']:.1f}" for e in c.get("epochs", [])
+                           if "test_accuracy_diagnostic" in e)
+        last = (c.get("epochs") or [{}])[-1]
+        pseudo = last.get("pseudo_label_accuracy")
+        print(f"| {c['method']} | {start} | {c['seed']} | {c['planned_epochs']} | {curve} | "
+              f"{100 * c['test_accuracy']:.1f} | {100 * last.get('mask_rate', float('nan')):.1f}% | "
+              f"{'n/a' if pseudo is None else f'{100 * pseudo:.1f}%'} | {c['wall_seconds']:.0f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("frozen", "fixmatch"), required=True)
+    parser.add_argument("--part", choices=("frozen", "fixmatch"), default=None)
+    parser.add_argument("--summary", action="store_true", help="print the trained cells' table and exit")
     parser.add_argument("--work", default="/tmp/semisup-grid", help="run folders (outside the repository)")
     parser.add_argument("--json", default=None, help="default: benchmarks/results/semisup_<part>.json")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--methods", default="fixmatch", help="--part fixmatch: comma-separated methods")
     parser.add_argument("--fixmatch-epochs", type=int, default=30)
     parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--backbone", default=None,
+                        help="--part fixmatch: start from this network (a timm name or a fewlabel export folder) "
+                        "instead of a width---width one from scratch")
+    parser.add_argument("--start", default=None, help="the starting point's name in the cells' keys (default: "
+                        "--backbone)")
+    parser.add_argument("--image-size", type=int, default=None, help="with --backbone: the input resolution")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if args.summary:
+        summarise_trained(CellStore(args.json or "benchmarks/results/semisup_fixmatch.json"))
+        return
+    if args.part is None:
+        parser.error("--part is required (frozen or fixmatch), or --summary")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("FEWLABEL_OFFLINE", "1")
     work = Path(args.work)
@@ -125,7 +163,9 @@ def main() -> None:
     if args.part == "frozen":
         frozen_cells(store, work, args.seeds)
     else:
-        fixmatch_cells(store, work, args.methods.split(","), args.fixmatch_epochs, args.width, args.seeds)
+        seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+        fixmatch_cells(store, work, args.methods.split(","), args.fixmatch_epochs, args.width, seeds, args.backbone,
+                       args.start, args.image_size)
 
 
 if __name__ == "__main__":
