@@ -133,3 +133,22 @@ def test_probe_as_linear_binary_and_unseen_classes() -> None:
     seen = torch.softmax(logits[:, [1, 3]].double(), dim=1).numpy()
     np.testing.assert_allclose(seen, probe.predict_proba(features), atol=1e-4)
     np.testing.assert_allclose((logits[:, 3] - logits[:, 1]).numpy(), probe.decision_function(features), atol=1e-4)
+
+
+def test_probe_folded_into_a_head_ignores_a_feature_that_is_float_noise() -> None:
+    # Feature 1 is zero up to float noise (std ~1e-30), as one MiniLM dimension was on 91 sentences. A plain
+    # StandardScaler (its constant-feature test is relative to the mean, here ~0) divides by that std: the folded weight becomes inf and any later change of the feature
+    # (fine-tuning) explodes the logits. The probe must treat it as constant: a finite head, and the same
+    # decisions whatever value the feature takes.
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1], 20)
+    informative = rng.normal(size=40) + 2.0 * labels
+    features = np.stack([informative, rng.normal(size=40) * 1e-30], axis=1)
+    probe = fit_linear_probe(features, labels, c=1.0)
+    assert probe[0].scale_[1] == 1.0
+    weight, bias = probe_as_linear(probe, num_classes=2)
+    assert torch.isfinite(weight).all() and weight[:, 1].abs().max() < 1e-6
+    moved = features.copy()
+    moved[:, 1] += 0.5  # the constant feature moves, as in the first step of fine-tuning
+    np.testing.assert_allclose(_logits(moved, weight, bias), _logits(features, weight, bias), atol=1e-5)
+    np.testing.assert_array_equal(_logits(features, weight, bias).argmax(1).numpy(), probe.predict(features))

@@ -52,8 +52,30 @@ def knn_predict(
 PROBE_C_GRID = (0.01, 0.1, 1.0, 10.0)
 
 
+# A feature whose spread on the labelled set is below this share of its magnitude (at least 1) is float32 noise
+# around a constant: its standardised values are noise scaled up to unit variance.
+NOISE_SPREAD = 1e-5
+
+
+class NoiseSafeScaler(StandardScaler):
+    """``StandardScaler`` that treats a feature as constant (scale 1, as scikit-learn does for an exactly constant
+    one) when its spread is only float noise.
+
+    Why: with 91 sentences, one MiniLM dimension had a standard deviation of 1e-32. Divided by it, the probe's
+    weight on that feature became ``inf`` once folded into a torch head; the probe still predicted correctly on
+    the frozen features (the dimension never moved), but the first fine-tuning step moved it and the logits of
+    LP-FT jumped from a loss of 0.13 to 239. With scale 1 the feature standardises to ~0 and gets no weight."""
+
+    def fit(self, X, y=None, sample_weight=None):  # scikit-learn's signature
+        super().fit(X, y, sample_weight)
+        if self.scale_ is not None:
+            noise = self.scale_ < NOISE_SPREAD * np.maximum(np.abs(self.mean_), 1.0)
+            self.scale_ = np.where(noise, 1.0, self.scale_)
+        return self
+
+
 def _probe_model(c: float, seed: int) -> Pipeline:
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
+    return make_pipeline(NoiseSafeScaler(), LogisticRegression(C=c, max_iter=2000, random_state=seed))
 
 
 @threadpool_limits.wrap(limits=1)
