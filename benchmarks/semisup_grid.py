@@ -90,23 +90,26 @@ def test_curve_hook(started: list[float]) -> None:
 
 
 def fixmatch_cells(store: CellStore, work: Path, methods: list[str], epochs: int, width: int, seeds: list[int],
-                   backbone: str | None, start: str | None, image_size: int | None) -> None:
-    """From scratch (a width-``width`` network) or, with ``backbone``, fine-tuning that network (a timm name or a
-    fewlabel export folder); ``start`` names the starting point in the cell's key."""
+                   backbone: str | None, start: str | None, image_size: int | None, data: str = "fashion-mnist",
+                   labels: str = "0.01") -> None:
+    """From scratch (a width-``width`` network) or, with ``backbone``, fine-tuning that network (a timm name, a
+    Hugging Face folder or a fewlabel export folder); ``start`` names the starting point in the cell's key. The
+    per-epoch test curve is recorded for Fashion-MNIST only."""
     started = [0.0]
-    test_curve_hook(started)
+    if data == "fashion-mnist":
+        test_curve_hook(started)
     for seed in seeds:
         for method in methods:
-            key = {"kind": "trained", "method": method, "data": "fashion-mnist", "labels": "0.01", "seed": seed,
+            key = {"kind": "trained", "method": method, "data": data, "labels": labels, "seed": seed,
                    "planned_epochs": epochs}
             key |= {"start": start or backbone} if backbone else {"width": width}
             network = ["--backbone", backbone] if backbone else ["--width", str(width)]
             network += ["--image-size", str(image_size)] if image_size else []
-            folder = f"{method}-fmnist-0.01-{(start or 'bb') if backbone else f'w{width}'}-s{seed}"
+            folder = f"{method}-{data}-{labels}-{(start or 'bb') if backbone else f'w{width}'}-s{seed}"
 
             def work_cell(m: str = method, s: int = seed, network: list[str] = network, folder: str = folder) -> dict:
                 started[0] = time.perf_counter()
-                return run(["semisup", "--method", m, "--data", "fashion-mnist", "--labels", "0.01", "--seed", str(s),
+                return run(["semisup", "--method", m, "--data", data, "--labels", labels, "--seed", str(s),
                             *network, "--epochs", str(epochs)], work / folder)
 
             store.run(key, work_cell)
@@ -115,17 +118,18 @@ def fixmatch_cells(store: CellStore, work: Path, methods: list[str], epochs: int
 def summarise_trained(store: CellStore) -> None:
     """One row per trained cell: the EMA model's test curve per epoch (diagnostic), the run's final test accuracy
     and its last epoch's mask rate and pseudo-label accuracy."""
-    print("| method | start | seed | epochs | test accuracy per epoch (diagnostic) | final test | mask rate | "
-          "pseudo-labels correct | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| data, labels | method | start | seed | epochs | test accuracy per epoch (diagnostic) | final test | "
+          "mask rate | pseudo-labels correct | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     cells = [c for c in store.data["cells"] if c.get("kind") == "trained"]
-    for c in sorted(cells, key=lambda c: (c.get("start") or "", c["method"], c["seed"])):
+    for c in sorted(cells, key=lambda c: (c["data"], c["labels"], c.get("start") or "", c["method"], c["seed"])):
         start = c.get("start") or f"scratch (width {c.get('width')})"
         curve = " / ".join(f"{100 * e['test_accuracy_diagnostic']:.1f}" for e in c.get("epochs", [])
                            if "test_accuracy_diagnostic" in e)
         last = (c.get("epochs") or [{}])[-1]
         pseudo = last.get("pseudo_label_accuracy")
-        print(f"| {c['method']} | {start} | {c['seed']} | {c['planned_epochs']} | {curve} | "
+        print(f"| {c['data']} {c['labels']} | {c['method']} | {start} | {c['seed']} | {c['planned_epochs']} | "
+              f"{curve} | "
               f"{100 * c['test_accuracy']:.1f} | {100 * last.get('mask_rate', float('nan')):.1f}% | "
               f"{'n/a' if pseudo is None else f'{100 * pseudo:.1f}%'} | {c['wall_seconds']:.0f} |")
 
@@ -138,6 +142,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="default: benchmarks/results/semisup_<part>.json")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--data", default="fashion-mnist", help="--part fixmatch: the dataset")
+    parser.add_argument("--labels", default="0.01", help="--part fixmatch: the label fraction")
     parser.add_argument("--methods", default="fixmatch", help="--part fixmatch: comma-separated methods")
     parser.add_argument("--fixmatch-epochs", type=int, default=30)
     parser.add_argument("--width", type=int, default=16)
@@ -165,7 +171,7 @@ def main() -> None:
     else:
         seeds = list(range(args.first_seed, args.first_seed + args.seeds))
         fixmatch_cells(store, work, args.methods.split(","), args.fixmatch_epochs, args.width, seeds, args.backbone,
-                       args.start, args.image_size)
+                       args.start, args.image_size, args.data, args.labels)
 
 
 if __name__ == "__main__":
