@@ -137,9 +137,9 @@ def test_probe_as_linear_binary_and_unseen_classes() -> None:
 
 def test_probe_folded_into_a_head_ignores_a_feature_that_is_float_noise() -> None:
     # Feature 1 is zero up to float noise (std ~1e-30), as one MiniLM dimension was on 91 sentences. A plain
-    # StandardScaler (its constant-feature test is relative to the mean, here ~0) divides by that std: the folded weight becomes inf and any later change of the feature
-    # (fine-tuning) explodes the logits. The probe must treat it as constant: a finite head, and the same
-    # decisions whatever value the feature takes.
+    # StandardScaler (its constant-feature test is relative to the mean, here ~0) divides by that std: the folded
+    # weight becomes inf and any later change of the feature (fine-tuning) explodes the logits. The probe must
+    # treat it as constant: a finite head, and the same decisions whatever value the feature takes.
     rng = np.random.default_rng(2)
     labels = np.repeat([0, 1], 20)
     informative = rng.normal(size=40) + 2.0 * labels

@@ -98,11 +98,18 @@ def test_text_pooling_auto_uses_the_last_four_layers_for_frozen_features(reviews
         assert metrics["text_pooling"] == pooling
         assert json.loads((out / "model.json").read_text())["text_pooling"] == pooling  # needed to rebuild it
         assert metrics["transfer"]["trainable_parameters"] == features * 2 + 2
-    # Fine-tuning adapts the last layer: auto keeps plain mean pooling there.
-    out = tmp_path / "ft"
-    assert main(["-q", "finetune", "--backbone", str(folder), "--strategy", "finetune", "--data", str(reviews_csv),
-                 "--labels", "0.5", "--epochs", "1", "--workers", "0", "--out", str(out)]) == 0
-    assert json.loads((out / "metrics.json").read_text())["text_pooling"] == "mean"
+    # LP-FT (the default) pools as feature-extract does, so its first stage is the feature-extract model itself;
+    # fine-tuning from a random head (--no-lp-ft) adapts the last layer and keeps plain mean pooling.
+    fe = json.loads((tmp_path / "fe" / "metrics.json").read_text())
+    for name, extra, pooling in [("ft", [], "mean-last4"), ("ft-random-head", ["--no-lp-ft"], "mean")]:
+        out = tmp_path / name
+        assert main(["-q", "finetune", "--backbone", str(folder), "--strategy", "finetune", "--data", str(reviews_csv),
+                     "--labels", "0.5", "--epochs", "1", "--workers", "0", *extra, "--out", str(out)]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["text_pooling"] == pooling
+        if not extra:
+            assert metrics["start"]["test_accuracy"] == fe["test_accuracy"]
+            assert metrics["start"]["probe_c"] == fe["probe_c"]
     # The option is for text: on images it is one clear line, not a silently ignored flag.
     assert main(["finetune", "--data", "digits", "--text-pooling", "cls", "--out", str(tmp_path / "img")]) != 0
     assert "applies to text data" in capsys.readouterr().err and not (tmp_path / "img").exists()

@@ -578,8 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "3); the best on validation continues (default 3, or 1 = no sweep when --lr is given)")
     ft.add_argument("--text-pooling", default="auto", choices=["auto", "mean", "cls", "pooler", "mean-last4"],
                     help="text: one embedding per text from the token states: mask-aware mean, [CLS], BERT's pooler, "
-                    "or the means of the last four layers concatenated; auto (default): mean-last4 for "
-                    "feature-extract on models with 4+ layers, mean otherwise")
+                    "or the means of the last four layers concatenated; auto (default): mean-last4 on models "
+                    "with 4+ layers for feature-extract and for LP-FT (its probe is then feature-extract's), mean "
+                    "otherwise")
     ft.add_argument("--image-size", type=int, default=None, help="input resolution (default: pretrained, <= 4x data)")
     ft.add_argument("--audio-layer", default="last",
                     help="audio encoders: the hidden layer pooled per clip: last, an index, or weighted (a learned "

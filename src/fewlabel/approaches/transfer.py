@@ -108,7 +108,8 @@ def finetune(config: TransferConfig) -> RunResult:
     modality = modality_of(dataset)
     options = {"image_size": config.image_size, "cache_images": config.cache_images,
                "text_pooling": config.text_pooling, "audio_layer": config.audio_layer,
-               "frozen": config.strategy == "feature-extract"}
+               "frozen": config.strategy == "feature-extract",
+               "probe_first": config.lp_ft and config.strategy != "feature-extract"}
     modality.check_transfer_options(options, dataset)
     L.seed_everything(config.seed, workers=True, verbose=False)
     loaded = modality.load_backbone(config.backbone, dataset, options)
