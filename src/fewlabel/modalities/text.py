@@ -144,8 +144,9 @@ class TextModality(Modality):
 
     def load_export(self, path: str, dataset: Dataset, info: dict[str, Any], frozen: bool = True) -> LoadedBackbone:
         """A text pretraining run (its ``export/``) or any Hugging Face folder, pooled for frozen features when
-        ``frozen``, else with the fine-tuning pooling."""
-        return self.load_backbone(path, dataset, {"text_pooling": "auto", "frozen": frozen})
+        ``frozen``, else for ``evaluate``'s fine-tuning protocol, which always starts from the probe (LP-FT) and
+        so pools as the probe does."""
+        return self.load_backbone(path, dataset, {"text_pooling": "auto", "frozen": frozen, "probe_first": not frozen})
 
     # --- compare ----------------------------------------------------------------------------------------------
     def compare_budget(self, budget: BudgetPreset) -> BudgetPreset:
