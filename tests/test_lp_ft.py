@@ -190,12 +190,64 @@ def test_learning_rate_sweep_continues_its_winner(tiny_export: Path, tmp_path: P
                  "--trainable", "layer3", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     sweep = metrics["lr_sweep"]
-    assert sweep["rates"] == [3.33e-4, 1e-3, 3e-3] and sweep["chosen_lr"] in sweep["rates"]
-    assert sweep["trial_epochs"] == 1 and len(sweep["trials"]) == 3
+    assert sweep["rates"] == [3.33e-4, 1e-3, 3e-3] and sweep["chosen_lr"] in sweep["rates"] + [1e-3]
+    # Three rates from the probe, and plain fine-tuning from the random head at the default rate.
+    assert sweep["trial_epochs"] == 1 and len(sweep["trials"]) == 4
+    assert [(t["start"], t["lr"]) for t in sweep["trials"]] == [
+        ("linear probe", 3.33e-4), ("linear probe", 1e-3), ("linear probe", 3e-3), ("random head", 1e-3)]
     winner = max(sweep["trials"], key=lambda t: t["val_accuracy"])
     assert winner["val_accuracy"] <= metrics["tuned_val_accuracy"] or metrics["kept"] == "linear probe"
     # The winner went on from the end of its trial to the planned epochs; the losers' checkpoints are gone.
     assert metrics["epochs_run"] == 4
     folders = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert folders == [f"sweep-lr{sweep['chosen_lr']:g}"]
+    slug = "" if sweep["chosen_start"] == "linear probe" else "random-head-"
+    assert folders == [f"sweep-{slug}lr{sweep['chosen_lr']:g}"]
     assert metrics["transfer"]["batchnorm"] == "train"  # batches of 64: auto updates the statistics
+
+
+class _ScriptedTrainer:
+    """Stands in for Lightning in :func:`sweep_learning_rates`: "training" scores the head's bias as the
+    validation accuracy (so a start is told apart by its weights) and writes a checkpoint file."""
+
+    def __init__(self, folder: Path, model: torch.nn.Module, seen: list[tuple[float, float]]) -> None:
+        self.folder, self.model, self.seen = folder, model, seen
+        self.checkpoint_callback = self
+
+    def fit(self, module: float, train_loader: object, val_loader: object) -> None:
+        self.best_model_score = torch.tensor(float(self.model.head.bias[0]) + module)
+        self.seen.append((module, float(self.model.head.bias[0])))
+
+    def save_checkpoint(self, path: Path) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("checkpoint")
+
+
+@pytest.mark.parametrize(("random_bias", "winner"), [(0.5, "random head"), (-0.5, "linear probe")])
+def test_sweep_tries_the_random_head_and_continues_the_best_start(tmp_path: Path, random_bias: float,
+                                                                  winner: str) -> None:
+    """Each probe trial starts from the probe's weights, the extra trial from the random head at the default
+    rate; the best validation score wins, the others' checkpoints go, and the model is back at the probe."""
+    from fewlabel.engine.fit import sweep_learning_rates
+    from fewlabel.engine.run import RunFolder
+
+    model = torch.nn.Module()
+    model.head = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.head.bias.fill_(0.0)  # the probe's head
+    run = RunFolder.create(str(tmp_path / "run"), "sweep")
+    seen: list[tuple[float, float]] = []
+    random_head = {"head.weight": torch.zeros(2, 2), "head.bias": torch.full((2,), random_bias)}
+    # "module_with(rate)" is the rate itself: the scripted score is bias + rate (a small bonus for larger rates).
+    record = sweep_learning_rates(model, lambda rate: rate / 1000, lambda folder, stop_after: _ScriptedTrainer(
+        folder, model, seen), (1e-4, 3e-4, 9e-4), 3e-4, 2, run, None, None, seed=0, start_name="linear probe",
+        other_starts={"random head": random_head})
+    assert [rate for rate, _ in seen] == pytest.approx([1e-7, 3e-7, 9e-7, 3e-7])
+    assert [bias for _, bias in seen] == [0.0, 0.0, 0.0, random_bias]
+    assert record["chosen_start"] == winner
+    assert record["chosen_lr"] == (3e-4 if winner == "random head" else 9e-4)
+    assert record["rates"] == [1e-4, 3e-4, 9e-4] and len(record["trials"]) == 4
+    assert [t["start"] for t in record["trials"]] == ["linear probe"] * 3 + ["random head"]
+    kept = sorted(p.name for p in run.checkpoints.iterdir())
+    assert kept == (["sweep-random-head-lr0.0003"] if winner == "random head" else ["sweep-lr0.0009"])
+    assert record["checkpoint"].startswith(str(run.checkpoints / kept[0]))
+    assert float(model.head.bias.abs().max()) == 0.0  # back at the probe's weights

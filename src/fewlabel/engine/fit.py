@@ -8,7 +8,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,9 @@ class StartingPoint:
     metrics: dict[str, Any]
     # Fine-tune from the probe's head softened by :func:`scale_head_for_training` (``state`` stays the probe).
     scale_head: bool = True
+    # The classifier's head before the probe replaced it (``head.*`` entries of the state dict): the learning-rate
+    # sweep also tries plain fine-tuning from it, and the run goes on from whichever start validates best.
+    random_head: dict[str, torch.Tensor] | None = None
 
 
 # LP-FT's head temperature is measured on up to this many training examples (whole batches of the run's size).
@@ -194,17 +197,25 @@ def trial_epochs(epochs: int, val_every: int, fraction: float) -> int:
 
 def sweep_learning_rates(model: nn.Module, module_with: Callable[[float], ClassificationModule],
                          trainer_for: Callable[..., L.Trainer], rates: Sequence[float], default_lr: float,
-                         epochs: int, run: RunFolder, train_loader: Any, val_loader: Any, seed: int
+                         epochs: int, run: RunFolder, train_loader: Any, val_loader: Any, seed: int,
+                         start_name: str = "start", other_starts: Mapping[str, Mapping[str, torch.Tensor]] | None = None
                          ) -> dict[str, Any]:
-    """Train the first ``epochs`` of the run at each rate from the same weights; pick the best validation score
-    (ties: the rate closest to ``default_lr``). Returns the record and the winner's last checkpoint; the losers'
-    checkpoints are deleted, and ``model`` is back at its starting weights."""
+    """Train the first ``epochs`` of the run at each rate from the same weights (``start_name``), and from each of
+    ``other_starts`` (weights loaded over the start, e.g. a random head instead of the probe's) at ``default_lr``;
+    pick the best validation score (ties: the first start, then the rate closest to ``default_lr``). Returns the
+    record and the winner's last checkpoint; the losers' checkpoints are deleted, and ``model`` is back at its
+    starting weights."""
     start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    plan: list[tuple[str, float, Mapping[str, torch.Tensor] | None]] = [(start_name, rate, None) for rate in rates]
+    plan += [(name, default_lr, weights) for name, weights in (other_starts or {}).items()]
     trials = []
-    for rate in rates:
+    for order, (name, rate, weights) in enumerate(plan):
         model.load_state_dict(start)
+        if weights is not None:
+            model.load_state_dict(dict(weights), strict=False)
         L.seed_everything(seed, workers=True, verbose=False)
-        folder = run.checkpoints / f"sweep-lr{rate:g}"
+        slug = "" if weights is None else name.replace(" ", "-") + "-"
+        folder = run.checkpoints / f"sweep-{slug}lr{rate:g}"
         began = time.perf_counter()
         trainer = trainer_for(folder, stop_after=epochs)
         trainer.fit(module_with(rate), train_loader, val_loader)
@@ -212,19 +223,23 @@ def sweep_learning_rates(model: nn.Module, module_with: Callable[[float], Classi
         # Lightning's last.ckpt is a copy of the last *best* checkpoint; the trial continues from where it ended.
         end = folder / "trial-end.ckpt"
         trainer.save_checkpoint(end)
-        trials.append({"lr": rate, "val_accuracy": float(score) if score is not None else float("-inf"),
-                       "seconds": round(time.perf_counter() - began, 3), "checkpoint": str(end)})
-        log.info("learning-rate trial %g: %.4f validation accuracy after %d epochs", rate, trials[-1]["val_accuracy"],
-                 epochs)
-    winner = max(trials, key=lambda t: (t["val_accuracy"], -abs(math.log(t["lr"] / default_lr))))
+        trials.append({"start": name, "lr": rate,
+                       "val_accuracy": float(score) if score is not None else float("-inf"),
+                       "seconds": round(time.perf_counter() - began, 3), "checkpoint": str(end),
+                       "first_start": weights is None, "order": order})
+        log.info("learning-rate trial %g from the %s: %.4f validation accuracy after %d epochs", rate, name,
+                 trials[-1]["val_accuracy"], epochs)
+    winner = max(trials, key=lambda t: (t["val_accuracy"], t["first_start"], -abs(math.log(t["lr"] / default_lr))))
     for trial in trials:
         if trial is not winner:
             shutil.rmtree(Path(trial["checkpoint"]).parent, ignore_errors=True)
     model.load_state_dict(start)
-    log.info("learning rate %g chosen on validation (%s); it continues from its trial", winner["lr"],
-             ", ".join(f"{t['lr']:g}: {t['val_accuracy']:.4f}" for t in trials))
-    return {"rates": [t["lr"] for t in trials], "trial_epochs": epochs, "chosen_lr": winner["lr"],
-            "trials": [{k: v for k, v in t.items() if k != "checkpoint"} for t in trials],
+    log.info("learning rate %g from the %s chosen on validation (%s); it continues from its trial", winner["lr"],
+             winner["start"], ", ".join(f"{t['lr']:g} ({t['start']}): {t['val_accuracy']:.4f}" for t in trials))
+    return {"rates": [t["lr"] for t in trials if t["first_start"]], "trial_epochs": epochs,
+            "chosen_lr": winner["lr"], "chosen_start": winner["start"],
+            "trials": [{k: v for k, v in t.items() if k not in ("checkpoint", "first_start", "order")}
+                       for t in trials],
             "extra_seconds": round(sum(t["seconds"] for t in trials if t is not winner), 3),
             "checkpoint": winner["checkpoint"]}
 
@@ -264,7 +279,9 @@ def fit_classifier(
     ``starting_point``: a model the run must not return worse than on validation (LP-FT's linear probe); unless the
     best trained epoch beats it by one standard error of its validation accuracy, the run keeps and tests the
     starting point instead. With its ``scale_head``, fine-tuning starts from the probe's head scaled down by
-    :func:`scale_head_for_training` (recorded as ``lp_head_scale``); the fallback keeps the unscaled probe.
+    :func:`scale_head_for_training` (recorded as ``lp_head_scale``); the fallback keeps the unscaled probe. With
+    its ``random_head`` and a sweep, plain fine-tuning from that head is one more trial (at the default rate): the
+    start that validates best goes on, still held to the probe.
     Returns the metrics (also written to ``run/metrics.json``) and saves ``model.safetensors``.
     """
     L.seed_everything(seed, workers=True, verbose=False)
@@ -332,9 +349,13 @@ def fit_classifier(
     sweep: dict[str, Any] | None = None
     resume_from, checkpoint_dir, lr = None, None, optim.lr
     if len(lr_sweep) > 1:
+        others = {"random head": {f"head.{k}": v for k, v in starting_point.random_head.items()}} \
+            if starting_point is not None and starting_point.random_head is not None else None
         sweep = sweep_learning_rates(model, module_with, trainer_for, lr_sweep, optim.lr,
                                      trial_epochs(epochs, val_every, sweep_fraction), run,
-                                     train_loader, val_loader, seed)
+                                     train_loader, val_loader, seed,
+                                     start_name=starting_point.name if starting_point is not None else "start",
+                                     other_starts=others)
         lr, resume_from = sweep["chosen_lr"], sweep.pop("checkpoint")
         checkpoint_dir = Path(resume_from).parent
     module = module_with(lr)
