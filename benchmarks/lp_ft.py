@@ -6,7 +6,8 @@
 Every cell is a `fewlabel finetune` command run in this process (`fewlabel.cli.main`), read back from its
 `metrics.json`; finished cells are never rerun. "before" is the recipe as it was before issue 16, reproduced with
 flags of the current code (`--no-lp-ft --bn train --lr-sweep 1`: a random head, BatchNorm statistics updated
-except in `partial`'s frozen stages, the strategy's default learning rate); "after" is the default. Both use the
+except in `partial`'s frozen stages, the strategy's default learning rate); "after-start-trial" is the default and
+"after" the default before its sweep tried a random-head start (`--no-random-head-trial`). All use the
 current early stopping (patience counts once the training loss leaves chance). `feature-extract` is the reference
 each fine-tuned cell must not fall below.
 """
@@ -30,9 +31,12 @@ from _cells import CellStore
 from fewlabel.cli import main as fewlabel
 
 BACKBONE = {"digits": "efficientnet_lite0", "fashion-mnist": "efficientnet_lite0", "rotten-tomatoes": "minilm"}
-# "after" is the default (LP-FT with the head scaled for fine-tuning, BatchNorm by --bn auto); "after-unscaled" is
-# LP-FT from the raw probe head, as measured first (lp_ft.json's "after-bn-train": --bn auto gives train there).
-VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after": [],
+# "after-start-trial" is the default since session 15 (LP-FT with the head scaled for fine-tuning, BatchNorm by --bn
+# auto, and a sweep that also tries fine-tuning from a random head); "after" is the default as it was before that
+# trial; "after-unscaled" is LP-FT from the raw probe head, as measured first (lp_ft.json's "after-bn-train": --bn
+# auto gives train there).
+VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after": ["--no-random-head-trial"],
+            "after-start-trial": [],
             "after-bn-train": ["--bn", "train"], "after-unscaled": ["--no-lp-head-scale"],
             "after-bn-frozen": ["--bn", "frozen"]}
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}
@@ -54,6 +58,8 @@ def cell(data: str, fraction: str, seed: int, strategy: str, variant: str, work:
             "best_val_accuracy": m.get("best_val_accuracy"), "tuned_test_accuracy": m.get("tuned_test_accuracy"),
             "train_seconds": m["train_seconds"], "lp_seconds": m.get("lp_seconds"),
             "sweep_extra_seconds": sweep.get("extra_seconds"), "chosen_lr": sweep.get("chosen_lr"),
+            "chosen_start": sweep.get("chosen_start"), "sweep_trials": sweep.get("trials"),
+            "start_val_accuracy": m.get("start_val_accuracy"), "tuned_val_accuracy": m.get("tuned_val_accuracy"),
             "batchnorm": (m.get("transfer") or {}).get("batchnorm"), "epochs_run": m.get("epochs_run"),
             "lp_head_scale": m.get("lp_head_scale")}
 
