@@ -42,7 +42,7 @@ def run(args: list[str], out: Path, extra: dict | None = None) -> dict:
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     keep = ("test_accuracy", "macro_f1", "labelled_only_test_accuracy", "mask_rate", "pseudo_label_accuracy",
             "pseudo_labelled", "pool", "train_seconds", "feature_seconds", "fit_seconds", "probe_c",
-            "best_val_accuracy", "batch_size")
+            "best_val_accuracy", "batch_size", "final_model")
     return {"command": "fewlabel " + " ".join(args), "wall_seconds": round(time.perf_counter() - started, 1),
             **{k: metrics.get(k) for k in keep if k in metrics},
             **({"epochs": metrics["epochs"]} if isinstance(metrics.get("epochs"), list) else {}),

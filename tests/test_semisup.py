@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fewlabel.approaches.semisupervised import pseudo_label_report, self_train, spread_labels
+from fewlabel.approaches.semisupervised import final_epoch_choice, pseudo_label_report, self_train, spread_labels
 from fewlabel.cli import main
 from fewlabel.data import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit
@@ -191,6 +191,23 @@ def test_fixmatch_cli_end_to_end(fake_fashion_mnist: Path, tmp_path: Path,
     assert metrics["optim"]["optimizer"] == "nesterov" and metrics["optim"]["lr"] == 0.03  # FixMatch's, for images
     assert json.loads((out / "model.json").read_text())["semisupervised"] == "fixmatch"
     assert (out / "model.safetensors").is_file()
+    final = metrics["final_model"]
+    assert final["kept"] in ("last epoch", "best validation epoch") and final["margin"] >= 0.0
+    assert final["best_val_accuracy"] >= final["last_val_accuracy"]
+    within = final["last_val_accuracy"] + final["margin"] >= final["best_val_accuracy"]
+    assert (final["kept"] == "last epoch") == within
+
+
+def test_final_epoch_choice_by_hand() -> None:
+    """The last EMA model unless the best epoch beats it by one standard error: sqrt(p (1 - p) / n)."""
+    # Fashion-MNIST 1%: 60 validation images, best 49/60 at epoch 5, last 47/60; SE sqrt(49/60 * 11/60 / 60) = 0.049954.
+    choice = final_epoch_choice(49 / 60, 47 / 60, 60)
+    assert choice["margin"] == pytest.approx(0.049954, abs=1e-6) and choice["kept"] == "last epoch"
+    # 100 images, best 0.9 vs last 0.8: SE 0.03, the best epoch is 0.1 ahead: it is kept.
+    assert final_epoch_choice(0.9, 0.8, 100) == {"kept": "best validation epoch", "best_val_accuracy": 0.9,
+                                                  "last_val_accuracy": 0.8, "margin": 0.03}
+    assert final_epoch_choice(0.9, 0.87, 100)["kept"] == "last epoch"  # 0.87 + 0.03 >= 0.9
+    assert final_epoch_choice(0.5, None, 10)["kept"] == "best validation epoch"  # never validated: the best
 
 
 # --- FlexMatch, Pseudo-Label, the views of each modality -------------------------------------------------------

@@ -32,6 +32,7 @@ accurate the pseudo-labels are (diagnosis; never used in training).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -378,9 +379,16 @@ def train_network(config: SemiSupervisedConfig) -> RunResult:
         trainer.fit(module, train, val_loader)
         seconds = time.perf_counter() - started
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        trainer.test(module, test_loader, ckpt_path=best or None, verbose=False)
+        best_val = float(trainer.checkpoint_callback.best_model_score or 0.0) if trainer.checkpoint_callback else 0.0
+        last_val = trainer.callback_metrics.get("val_acc")
+        last_val = float(last_val) if last_val is not None else None
+        final = final_epoch_choice(best_val, last_val, len(val_idx))
+        trainer.test(module, test_loader, ckpt_path=None if final["kept"] == "last epoch" else (best or None),
+                     verbose=False)
+        log.info("the %s's EMA model is tested: best validation %.4f, last epoch %s (one standard error %.4f)",
+                 final["kept"], best_val, "n/a" if last_val is None else f"{last_val:.4f}", final["margin"])
         last = module.history[-1] if module.history else {}
-        metrics = {"method": method, **module.test_results,
+        metrics = {"method": method, **module.test_results, "final_model": final,
                    "best_val_accuracy": float(trainer.checkpoint_callback.best_model_score or 0.0),
                    "threshold": config.threshold, "ratio": config.ratio, "unlabelled_weight": config.unlabelled_weight,
                    "ema": config.ema, "ramp": ramp, "mask_rate": last.get("mask_rate"),
@@ -404,5 +412,19 @@ def train_network(config: SemiSupervisedConfig) -> RunResult:
     return RunResult(str(run.path), metrics)
 
 
-__all__ = ["SEMISUP_METHODS", "SemiSupervisedConfig", "check_method_options", "pseudo_label_report", "self_train",
+def final_epoch_choice(best_val: float, last_val: float | None, val_size: int) -> dict[str, Any]:
+    """Which EMA model a trained semi-supervised run tests and saves: the last epoch's, unless the best validation
+    epoch beats it by more than one binomial standard error of the best score.
+
+    These runs have no early stopping and their EMA model improves for the whole schedule, while the validation
+    split at 1% labels is tiny (60 Fashion-MNIST images): the first epoch to reach the highest score kept an epoch-5
+    model at 75.9% test accuracy where the last epoch's scored 82.6%, one image lower on validation."""
+    margin = math.sqrt(max(best_val * (1.0 - best_val), 0.0) / max(1, val_size))
+    keep_last = last_val is not None and last_val + margin >= best_val
+    return {"kept": "last epoch" if keep_last else "best validation epoch", "best_val_accuracy": round(best_val, 6),
+            "last_val_accuracy": None if last_val is None else round(last_val, 6), "margin": round(margin, 6)}
+
+
+__all__ = ["SEMISUP_METHODS", "SemiSupervisedConfig", "check_method_options", "final_epoch_choice",
+           "pseudo_label_report", "self_train",
            "semisupervised", "spread_labels", "train_network"]
