@@ -251,3 +251,16 @@ def test_sweep_tries_the_random_head_and_continues_the_best_start(tmp_path: Path
     assert kept == (["sweep-random-head-lr0.0003"] if winner == "random head" else ["sweep-lr0.0009"])
     assert record["checkpoint"].startswith(str(run.checkpoints / kept[0]))
     assert float(model.head.bias.abs().max()) == 0.0  # back at the probe's weights
+
+
+def test_sweep_refuses_a_start_for_weights_the_model_lacks(tmp_path: Path) -> None:
+    from fewlabel.engine.fit import sweep_learning_rates
+    from fewlabel.engine.run import RunFolder
+
+    model = torch.nn.Module()
+    model.head = torch.nn.Linear(2, 2)
+    run = RunFolder.create(str(tmp_path / "run"), "sweep")
+    with pytest.raises(ValueError, match=r"classifier\.weight"):
+        sweep_learning_rates(model, lambda rate: rate, lambda folder, stop_after: _ScriptedTrainer(folder, model, []),
+                             (1e-4, 3e-4), 3e-4, 1, run, None, None, seed=0,
+                             other_starts={"random head": {"classifier.weight": torch.zeros(2, 2)}})

@@ -209,10 +209,12 @@ def sweep_learning_rates(model: nn.Module, module_with: Callable[[float], Classi
     plan: list[tuple[str, float, Mapping[str, torch.Tensor] | None]] = [(start_name, rate, None) for rate in rates]
     plan += [(name, default_lr, weights) for name, weights in (other_starts or {}).items()]
     trials = []
-    for order, (name, rate, weights) in enumerate(plan):
+    for name, rate, weights in plan:
         model.load_state_dict(start)
         if weights is not None:
-            model.load_state_dict(dict(weights), strict=False)
+            unknown = model.load_state_dict(dict(weights), strict=False).unexpected_keys
+            if unknown:  # a partial start must name the model's own parameters, or it would silently do nothing
+                raise ValueError(f"the {name} start holds weights the model does not have: {unknown}")
         L.seed_everything(seed, workers=True, verbose=False)
         slug = "" if weights is None else name.replace(" ", "-") + "-"
         folder = run.checkpoints / f"sweep-{slug}lr{rate:g}"
@@ -226,7 +228,7 @@ def sweep_learning_rates(model: nn.Module, module_with: Callable[[float], Classi
         trials.append({"start": name, "lr": rate,
                        "val_accuracy": float(score) if score is not None else float("-inf"),
                        "seconds": round(time.perf_counter() - began, 3), "checkpoint": str(end),
-                       "first_start": weights is None, "order": order})
+                       "first_start": weights is None})
         log.info("learning-rate trial %g from the %s: %.4f validation accuracy after %d epochs", rate, name,
                  trials[-1]["val_accuracy"], epochs)
     winner = max(trials, key=lambda t: (t["val_accuracy"], t["first_start"], -abs(math.log(t["lr"] / default_lr))))
@@ -238,7 +240,7 @@ def sweep_learning_rates(model: nn.Module, module_with: Callable[[float], Classi
              winner["start"], ", ".join(f"{t['lr']:g} ({t['start']}): {t['val_accuracy']:.4f}" for t in trials))
     return {"rates": [t["lr"] for t in trials if t["first_start"]], "trial_epochs": epochs,
             "chosen_lr": winner["lr"], "chosen_start": winner["start"],
-            "trials": [{k: v for k, v in t.items() if k not in ("checkpoint", "first_start", "order")}
+            "trials": [{k: v for k, v in t.items() if k not in ("checkpoint", "first_start")}
                        for t in trials],
             "extra_seconds": round(sum(t["seconds"] for t in trials if t is not winner), 3),
             "checkpoint": winner["checkpoint"]}
