@@ -200,7 +200,7 @@ def test_fixmatch_cli_end_to_end(fake_fashion_mnist: Path, tmp_path: Path,
 
 def test_final_epoch_choice_by_hand() -> None:
     """The last EMA model unless the best epoch beats it by one standard error: sqrt(p (1 - p) / n)."""
-    # Fashion-MNIST 1%: 60 validation images, best 49/60 at epoch 5, last 47/60; SE sqrt(49/60 * 11/60 / 60) = 0.049954.
+    # Fashion-MNIST 1%: 60 validation images, best 49/60 at epoch 6, last 47/60; SE sqrt(49/60 * 11/60 / 60) = 0.049954.
     choice = final_epoch_choice(49 / 60, 47 / 60, 60)
     assert choice["margin"] == pytest.approx(0.049954, abs=1e-6) and choice["kept"] == "last epoch"
     # 100 images, best 0.9 vs last 0.8: SE 0.03, the best epoch is 0.1 ahead: it is kept.
