@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--data", default="digits")
     parser.add_argument("--fractions", default="0.05,0.1,0.2,1.0")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seed-list", default=None, metavar="S,S",
+                        help="run exactly these seeds instead of 0 .. --seeds - 1 (to split one table over processes)")
     parser.add_argument("--strategies", default="finetune,partial")
     parser.add_argument("--variants", default="before,after",
                         help=f"comma-separated, of {', '.join(VARIANTS)} (the feature-extract reference always runs)")
@@ -113,9 +115,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
     torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     with tempfile.TemporaryDirectory() as tmp:
         for fraction in args.fractions.split(","):
-            for seed in range(args.seeds):
+            for seed in seeds:
                 key = {"data": args.data, "labels": fraction, "seed": seed}
                 key |= {"image_size": args.image_size} if args.image_size else {}
                 store.run({**key, "strategy": "feature-extract", "variant": "reference"},
