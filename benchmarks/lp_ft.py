@@ -33,10 +33,12 @@ from fewlabel.cli import main as fewlabel
 BACKBONE = {"digits": "efficientnet_lite0", "fashion-mnist": "efficientnet_lite0", "rotten-tomatoes": "minilm"}
 # "after-start-trial" is the default since session 15 (LP-FT with the head scaled for fine-tuning, BatchNorm by --bn
 # auto, and a sweep that also tries fine-tuning from a random head); "after" is the default as it was before that
-# trial; "after-unscaled" is LP-FT from the raw probe head, as measured first (lp_ft.json's "after-bn-train": --bn
+# trial; "after-own-pooling" is the default since session 16 (text mean-last4: fine-tuning trains the head on the
+# last layer's mean; images: the same as "after-start-trial", which now names the text runs on all four layers);
+# "after-unscaled" is LP-FT from the raw probe head, as measured first (lp_ft.json's "after-bn-train": --bn
 # auto gives train there).
 VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after": ["--no-random-head-trial"],
-            "after-start-trial": [],
+            "after-start-trial": ["--no-own-pooling"], "after-own-pooling": [],
             "after-bn-train": ["--bn", "train"], "after-unscaled": ["--no-lp-head-scale"],
             "after-bn-frozen": ["--bn", "frozen"]}
 T95 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}

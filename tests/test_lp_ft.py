@@ -264,3 +264,79 @@ def test_sweep_refuses_a_start_for_weights_the_model_lacks(tmp_path: Path) -> No
         sweep_learning_rates(model, lambda rate: rate, lambda folder, stop_after: _ScriptedTrainer(folder, model, []),
                              (1e-4, 3e-4), 3e-4, 1, run, None, None, seed=0,
                              other_starts={"random head": {"classifier.weight": torch.zeros(2, 2)}})
+
+
+def test_restricted_head_trains_only_its_columns() -> None:
+    """The hook hands the optimiser zero gradient outside the columns, so AdamW (weight decay included) leaves
+    those weights exactly at zero while the others and the bias train as without it."""
+    from fewlabel.engine.fit import restrict_head_columns
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 3)
+    with torch.no_grad():
+        head.weight[:, :4] = 0.0
+    x, y = torch.randn(8, 6), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    free = torch.autograd.grad(torch.nn.functional.cross_entropy(head(x), y), head.weight)[0]
+    handle = restrict_head_columns(head, slice(4, 6))
+    masked = torch.autograd.grad(torch.nn.functional.cross_entropy(head(x), y), head.weight)[0]
+    assert torch.equal(masked[:, 4:], free[:, 4:]) and torch.count_nonzero(masked[:, :4]) == 0
+    before = head.weight.detach().clone()
+    optimiser = torch.optim.AdamW(head.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(5):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(head(x), y).backward()
+        optimiser.step()
+    assert torch.count_nonzero(head.weight[:, :4]) == 0
+    assert not torch.allclose(head.weight[:, 4:], before[:, 4:])
+    handle.remove()  # without the hook every column trains again
+    torch.nn.functional.cross_entropy(head(x), y).backward()
+    assert torch.count_nonzero(head.weight.grad[:, :4]) > 0
+
+
+def test_lp_ft_on_the_backbones_own_pooling(tiny_export: Path, tmp_path: Path) -> None:
+    """A backbone whose own pooling fills only some of its output columns (text mean-last4: the last layer's
+    mean): the fallback is the probe on all features, fine-tuning starts from a probe fitted by hand on those
+    columns (zero elsewhere) or a fresh head on them, and the fine-tuned head never leaves them."""
+    from fewlabel.engine.fit import Budget, fit_classifier
+    from fewlabel.engine.run import RunFolder
+
+    dataset = load_dataset("digits")
+    modality = modality_of(dataset)
+    loaded = modality.load_backbone(str(tiny_export), dataset, {"image_size": 8, "frozen": False})
+    width = loaded.backbone.embed_dim
+    columns = slice(width // 2, width)
+    loaded.backbone.own_pooling_columns = columns
+    model = modality.classifier(loaded.backbone, loaded.dataset)
+    split = make_split(loaded.dataset, seed=0)
+    request = LabelRequest.parse("0.2")
+    start = linear_probe_start(model, loaded, split, request, seed=0, random_head_trial=True)
+
+    train_idx = split.labelled(request, loaded.dataset.labels)
+    features, _ = frozen_features(loaded, train_idx)
+    labels = loaded.dataset.labels[train_idx]
+    whole = probe_as_linear(fit_linear_probe(features.numpy(), labels, seed=0), dataset.num_classes)[0]
+    own = fit_linear_probe(features[:, columns].numpy(), labels, seed=0)
+    own_weight, own_bias = probe_as_linear(own, dataset.num_classes)
+    assert torch.allclose(start.state["head.weight"], whole.to(torch.float32), atol=1e-6)  # the fallback
+    assert torch.count_nonzero(model.head.weight[:, :width // 2]) == 0
+    assert torch.allclose(model.head.weight[:, columns], own_weight.to(torch.float32), atol=1e-6)
+    assert torch.allclose(model.head.bias, own_bias.to(torch.float32), atol=1e-6)
+    assert start.head_columns == columns
+    assert start.metrics["own_pooling_probe"]["columns"] == [width // 2, width]
+    assert start.metrics["own_pooling_probe"]["probe_c"] == own[-1].C
+    fresh = start.random_head["weight"]
+    assert torch.count_nonzero(fresh[:, :width // 2]) == 0
+    assert 0 < fresh[:, columns].abs().max() <= (width - width // 2) ** -0.5
+
+    # Fine-tuning held to a probe it always beats (validation accuracy -1): the kept model is the fine-tuned one.
+    from dataclasses import replace
+
+    policy = modality.augmentation("none", loaded.dataset, 0)
+    run = RunFolder.create(str(tmp_path / "run"), "own-pooling")
+    metrics = fit_classifier(model, loaded.dataset, split, request, policy, OptimConfig(lr=1e-2),
+                             Budget(epochs=2, workers=0, progress=False), run, seed=0,
+                             starting_point=replace(start, val_accuracy=-1.0, scale_head=False))
+    assert metrics["kept"] == "fine-tuned"
+    head = load_file(run.path / "model.safetensors")["head.weight"]
+    assert torch.count_nonzero(head[:, :width // 2]) == 0
+    assert not torch.allclose(head[:, columns], own_weight.to(torch.float32), atol=1e-4)

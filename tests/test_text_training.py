@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from transformers import BertConfig, BertModel
 
 from fewlabel.cli import main
@@ -100,16 +101,35 @@ def test_text_pooling_auto_uses_the_last_four_layers_for_frozen_features(reviews
         assert metrics["transfer"]["trainable_parameters"] == features * 2 + 2
     # LP-FT (the default) pools as feature-extract does, so its first stage is the feature-extract model itself;
     # fine-tuning from a random head (--no-lp-ft) adapts the last layer and keeps plain mean pooling.
+    # Its fine-tuning trains the head on the last layer's mean only (the encoder's own pooling: the last 16 of the
+    # 64 features), from a probe on those; --no-own-pooling fine-tunes on all 64.
+    from safetensors.torch import load_file
+
     fe = json.loads((tmp_path / "fe" / "metrics.json").read_text())
-    for name, extra, pooling in [("ft", [], "mean-last4"), ("ft-random-head", ["--no-lp-ft"], "mean")]:
+    fe_head = load_file(tmp_path / "fe" / "model.safetensors")["head.weight"]
+    for name, extra, pooling in [("ft", [], "mean-last4"), ("ft-all-columns", ["--no-own-pooling"], "mean-last4"),
+                                 ("ft-random-head", ["--no-lp-ft"], "mean")]:
         out = tmp_path / name
         assert main(["-q", "finetune", "--backbone", str(folder), "--strategy", "finetune", "--data", str(reviews_csv),
                      "--labels", "0.5", "--epochs", "1", "--workers", "0", *extra, "--out", str(out)]) == 0
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["text_pooling"] == pooling
-        if not extra:
-            assert metrics["start"]["test_accuracy"] == fe["test_accuracy"]
-            assert metrics["start"]["probe_c"] == fe["probe_c"]
+        if name == "ft-random-head":
+            continue
+        assert metrics["start"]["test_accuracy"] == fe["test_accuracy"]
+        assert metrics["start"]["probe_c"] == fe["probe_c"]
+        head = load_file(out / "model.safetensors")["head.weight"]
+        if metrics["kept"] == "linear probe":  # the fallback is the probe on all 64 features
+            assert torch.equal(head, fe_head)
+        if name == "ft":
+            assert metrics["start"]["own_pooling_probe"]["columns"] == [48, 64]
+            assert metrics["start"]["own_pooling_probe"]["of"] == 64
+            trials = metrics["lr_sweep"]["trials"]
+            assert len(trials) == 4 and trials[-1]["start"] == "random head"
+            if metrics["kept"] == "fine-tuned":  # trained on the own pooling only: the other columns stay zero
+                assert torch.count_nonzero(head[:, :48]) == 0 and torch.count_nonzero(head[:, 48:]) > 0
+        else:
+            assert "own_pooling_probe" not in metrics["start"]
     # The option is for text: on images it is one clear line, not a silently ignored flag.
     assert main(["finetune", "--data", "digits", "--text-pooling", "cls", "--out", str(tmp_path / "img")]) != 0
     assert "applies to text data" in capsys.readouterr().err and not (tmp_path / "img").exists()

@@ -316,7 +316,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                             cache_images=args.cache_images, skip_bad=args.skip_bad, trainable=trainable,
                             layer_decay=args.layer_decay, l2sp=args.l2sp, head=args.head,
                             lp_ft=not args.no_lp_ft, lp_head_scale=not args.no_lp_head_scale,
-                            random_head_trial=not args.no_random_head_trial, bn=args.bn,
+                            random_head_trial=not args.no_random_head_trial, own_pooling=not args.no_own_pooling,
+                            bn=args.bn,
                             lr_sweep=args.lr_sweep if args.lr_sweep is not None else (1 if args.lr is not None else 3),
                             text_pooling=args.text_pooling, audio_layer=args.audio_layer, augment=args.augment,
                             optim=optim, budget=budget,
@@ -573,6 +574,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--no-random-head-trial", action="store_true",
                     help="finetune/partial with LP-FT and a sweep: leave out the sweep's extra trial that fine-tunes "
                     "from a random head at the default rate (the start is then always the probe)")
+    ft.add_argument("--no-own-pooling", action="store_true",
+                    help="finetune/partial with LP-FT on a text encoder pooling its last four layers (mean-last4): "
+                    "fine-tune the head on all four layers' means instead of on the last layer's mean alone (the "
+                    "pooling the encoder was trained with; the fallback probe uses all four either way)")
     ft.add_argument("--bn", default="auto", choices=["auto", "train", "frozen", "frozen-affine"],
                     help="finetune/partial: BatchNorm layers of the backbone: frozen keeps their running statistics "
                     "(eval mode), frozen-affine their weights too, train updates them; auto (default): frozen "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,9 +232,8 @@ def _finetune(modality: Modality, loaded: LoadedBackbone, split: LabelSplit, req
         run.write_config({"command": "evaluate", **asdict(config), "optim": asdict(optim)})
         # LP-FT, as `finetune` does: the probe first, a learning-rate sweep (with a random-head trial), never below
         # the probe on validation.
-        random_head = {k: v.detach().clone() for k, v in model.head.state_dict().items()}
-        start = linear_probe_start(model, loaded, split, request, seed, accelerator=config.budget.accelerator)
-        start = replace(start, random_head=random_head)
+        start = linear_probe_start(model, loaded, split, request, seed, accelerator=config.budget.accelerator,
+                                   random_head_trial=True)
         metrics = fit_classifier(model, dataset, split, request, policy, optim, config.budget, run, seed=seed,
                                  model_meta=_meta(modality, loaded, config, "finetune"),
                                  train_collate=loaded.collate, eval_collate=loaded.collate,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,10 @@ class TransferConfig:
     # LP-FT with a sweep: plain fine-tuning from the random head is one more trial (at the default rate), so the
     # start is chosen on validation too (from the probe wins on tiny data, from a random head can win with more).
     random_head_trial: bool = True
+    # LP-FT on a backbone that pools more for frozen features than it was pretrained with (text mean-last4):
+    # fine-tuning trains the head on its own pooling's features only (MiniLM: the last layer's mean); the fallback
+    # stays the probe on all features. False: fine-tune on all of them.
+    own_pooling: bool = True
     bn: str = "auto"  # auto | train | frozen | frozen-affine (BatchNorm layers of the backbone)
     lr_sweep: int = 3  # learning rates tried (lr/3, lr, 3 lr) on the first part of the run; 1 = no sweep
     sweep_fraction: float = 0.12
@@ -166,13 +170,10 @@ def finetune(config: TransferConfig) -> RunResult:
             run.write_metrics(metrics)
         else:
             assert policy is not None
-            random_head = {k: v.detach().clone() for k, v in model.head.state_dict().items()} \
-                if config.lp_ft and config.random_head_trial and config.lr_sweep > 1 else None
             start = linear_probe_start(model, loaded, split, request, config.seed, config.full_validation,
-                                       config.budget.accelerator, scale_head=config.lp_head_scale) \
-                if config.lp_ft else None
-            if start is not None and random_head is not None:
-                start = replace(start, random_head=random_head)
+                                       config.budget.accelerator, scale_head=config.lp_head_scale,
+                                       random_head_trial=config.random_head_trial and config.lr_sweep > 1,
+                                       own_pooling=config.own_pooling) if config.lp_ft else None
             if start is not None:
                 extra["lp_seconds"] = start.metrics["train_seconds"]
             rates = sweep_rates(optim.lr, config.lr_sweep)

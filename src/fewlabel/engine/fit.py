@@ -90,6 +90,9 @@ class StartingPoint:
     # The classifier's head before the probe replaced it (``head.*`` entries of the state dict): the learning-rate
     # sweep also tries plain fine-tuning from it, and the run goes on from whichever start validates best.
     random_head: dict[str, torch.Tensor] | None = None
+    # Fine-tuning trains the head on these input columns only (the backbone's own pooling; the rest stay zero);
+    # the model then starts from a probe fitted on them, while ``state`` is the probe on all columns.
+    head_columns: slice | None = None
 
 
 # LP-FT's head temperature is measured on up to this many training examples (whole batches of the run's size).
@@ -179,6 +182,18 @@ def scale_head_for_training(model: nn.Module, loader: Any, batch_transform: Call
              "examples in training mode %.3f -> %.3f; accuracy %.3f)", scale, seen, record["loss_before"],
              record["loss_after"], record["accuracy"])
     return record
+
+
+def restrict_head_columns(head: nn.Module, columns: slice) -> torch.utils.hooks.RemovableHandle:
+    """Train only ``columns`` of a linear head's weight: the others get no gradient, so under (Adam)W they keep
+    their value; zero there, the head acts on those features alone (the encoder's own pooling inside a wider
+    concatenation). Returns the hook's handle."""
+    def keep_columns(grad: torch.Tensor) -> torch.Tensor:
+        masked = torch.zeros_like(grad)
+        masked[:, columns] = grad[:, columns]
+        return masked
+
+    return head.weight.register_hook(keep_columns)
 
 
 def sweep_rates(lr: float, count: int) -> tuple[float, ...]:
@@ -341,6 +356,8 @@ def fit_classifier(
              len(train_idx), request, batch_size, epochs,
              f" of {batches_per_epoch} random batches" if batches_per_epoch else "", workers)
     started = time.perf_counter()
+    column_hook = restrict_head_columns(model.head, starting_point.head_columns) \
+        if starting_point is not None and starting_point.head_columns is not None else None
     head_scale: dict[str, Any] | None = None
     if starting_point is not None and starting_point.scale_head:
         head_scale = scale_head_for_training(model, train_loader, policy.batch_transform,
@@ -397,6 +414,8 @@ def fit_classifier(
             log.info("fine-tuning reached %.4f validation accuracy (the %s: %.4f): the run keeps the fine-tuned "
                      "model", tuned_val, starting_point.name, starting_point.val_accuracy)
 
+    if column_hook is not None:
+        column_hook.remove()
     metrics: dict[str, Any] = {
         "test_accuracy": results["test_accuracy"],
         "macro_f1": results["macro_f1"],

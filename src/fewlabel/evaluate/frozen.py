@@ -137,7 +137,8 @@ def train_linear_head(head: torch.nn.Linear, x_train: torch.Tensor, y_train: np.
 
 def linear_probe_start(model: nn.Module, loaded: LoadedBackbone, split: LabelSplit, request: LabelRequest,
                        seed: int = 0, full_validation: bool = False, accelerator: str = "auto",
-                       scale_head: bool = True) -> StartingPoint:
+                       scale_head: bool = True, random_head_trial: bool = False,
+                       own_pooling: bool = True) -> StartingPoint:
     """LP-FT's first stage: logistic regression on the frozen features of the backbone as it will be fine-tuned
     (same pooling and input size), copied into ``model.head`` with the scaler folded in; scored on the run's
     validation split so the fine-tuned model can be held to it.
@@ -145,15 +146,68 @@ def linear_probe_start(model: nn.Module, loaded: LoadedBackbone, split: LabelSpl
     The probe is exactly feature-extract's (same ``C``, same weights): it is the fallback's reference. With
     ``scale_head``, :func:`fewlabel.engine.fit.fit_classifier` scales the head down before fine-tuning (a
     temperature fitted on the training batches as fine-tuning sees them: the raw probe's logits explode under
-    augmentation and BatchNorm batch statistics); the returned ``state`` stays the unscaled probe."""
+    augmentation and BatchNorm batch statistics); the returned ``state`` stays the unscaled probe.
+    ``random_head_trial``: the start also carries the model's random head (the sweep's other start).
+    ``own_pooling``: when the backbone pools more for frozen features than it was pretrained with
+    (``own_pooling_columns``: text mean-last4), fine-tuning trains the head on its own pooling's columns only,
+    starting from a second probe fitted on them (or a fresh random head on them); the fallback is still the
+    probe on all columns. Measured on Rotten Tomatoes at 10% (seed 0): fine-tuning MiniLM from a random head
+    scored 78.7% with `mean` pooling and 75.4% with mean-last4, on the same validation score."""
     from fewlabel.engine.fit import StartingPoint
     from fewlabel.engine.trainer import run_device
 
+    columns = loaded.backbone.own_pooling_columns if own_pooling else None
+    random_head = {k: v.detach().clone() for k, v in model.head.state_dict().items()} if random_head_trial else None
+    if random_head is not None and columns is not None:
+        random_head = _fresh_head_on_columns(random_head, columns, seed)
+    device = run_device(accelerator)
     metrics, _ = fit_frozen_classifier(model, loaded, split, request, head="logreg", seed=seed,
-                                       full_validation=full_validation, device=run_device(accelerator))
+                                       full_validation=full_validation, device=device)
     log.info("LP-FT: linear probe (C = %g) %.4f validation / %.4f test accuracy in %.1f s; fine-tuning starts "
              "from it", metrics["probe_c"], metrics["best_val_accuracy"], metrics["test_accuracy"],
              metrics["train_seconds"])
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     record = {k: metrics[k] for k in ("test_accuracy", "macro_f1", "best_val_accuracy", "probe_c", "train_seconds")}
-    return StartingPoint("linear probe", float(metrics["best_val_accuracy"]), state, record, scale_head=scale_head)
+    if columns is not None:
+        started = time.perf_counter()
+        record["own_pooling_probe"] = _probe_on_columns(model, loaded, split, request, columns, seed,
+                                                        full_validation, device)
+        record["train_seconds"] = round(record["train_seconds"] + time.perf_counter() - started, 3)
+        log.info("LP-FT: fine-tuning trains the head on the backbone's own pooling (features %d-%d of %d), from "
+                 "a probe on them (C = %g, %.4f validation accuracy); the fallback is the probe on all features",
+                 columns.start, columns.stop - 1, loaded.backbone.embed_dim, record["own_pooling_probe"]["probe_c"],
+                 record["own_pooling_probe"]["val_accuracy"])
+    return StartingPoint("linear probe", float(metrics["best_val_accuracy"]), state, record, scale_head=scale_head,
+                         random_head=random_head, head_columns=columns)
+
+
+def _probe_on_columns(model: nn.Module, loaded: LoadedBackbone, split: LabelSplit, request: LabelRequest,
+                      columns: slice, seed: int, full_validation: bool, device: torch.device) -> dict[str, Any]:
+    """Fit logistic regression on ``columns`` of the (cached) frozen features and load it into ``model.head``
+    with zero weight on the other columns; returns its record."""
+    labels = loaded.dataset.labels
+    train_idx = split.labelled(request, labels)
+    val_idx = split.validation(None if full_validation else request, labels)
+    train_x = frozen_features(loaded, train_idx, device)[0]
+    probe = fit_linear_probe(train_x[:, columns].numpy(), labels[train_idx], seed=seed)
+    weight, bias = probe_as_linear(probe, loaded.dataset.num_classes)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.weight[:, columns] = weight
+        model.head.bias.copy_(bias)
+        val_x = frozen_features(loaded, val_idx, device)[0]
+        val_accuracy = accuracy(model.head(val_x).argmax(dim=1).numpy(), labels[val_idx])
+    return {"columns": [columns.start, columns.stop], "of": int(model.head.weight.shape[1]),
+            "probe_c": float(probe[-1].C), "val_accuracy": val_accuracy}
+
+
+def _fresh_head_on_columns(head: dict[str, torch.Tensor], columns: slice, seed: int) -> dict[str, torch.Tensor]:
+    """A random linear head that reads only ``columns``: PyTorch's default initialisation for that fan-in (uniform
+    within 1/sqrt(fan-in)), zero elsewhere, so it starts as a fresh head on the backbone's own pooling."""
+    weight = torch.zeros_like(head["weight"])
+    width = len(range(weight.shape[1])[columns])
+    bound = 1.0 / width ** 0.5
+    generator = torch.Generator().manual_seed(seed)
+    weight[:, columns] = (torch.rand(weight.shape[0], width, generator=generator) * 2 - 1) * bound
+    bias = (torch.rand(head["bias"].shape, generator=generator) * 2 - 1) * bound
+    return {"weight": weight, "bias": bias.to(head["bias"].dtype)}

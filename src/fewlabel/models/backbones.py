@@ -53,6 +53,10 @@ class Backbone(nn.Module):
         self.stages = stages
         self.input_spec = input_spec
         self.name = name
+        # The output columns its own pooling (the one it was pretrained with) fills, when the backbone pools more
+        # for frozen features (text mean-last4: the last layer's mean); None: all of them. LP-FT fine-tunes a head
+        # on these columns only: fine-tuning wants the encoder's own pooling, the frozen probe wants all.
+        self.own_pooling_columns: slice | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

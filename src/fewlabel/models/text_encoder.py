@@ -145,6 +145,8 @@ class TextEncoderBackbone(Backbone):
         super().__init__(body, embed_dim, transformer_stages(body), TextInputSpec(tokenizer, max_length),  # type: ignore[arg-type]
                          name or str(getattr(config, "_name_or_path", "") or type(body).__name__))
         self.pooling = pooling
+        if pooling == "mean-last4":  # the last block is the last layer's mean: plain `mean` pooling
+            self.own_pooling_columns = slice(embed_dim - embed_dim // CONCAT_LAYERS, embed_dim)
         self.partial_stages = 2  # `partial` by default trains the top two transformer layers
         self._accepts_token_types = "token_type_ids" in inspect.signature(body.forward).parameters
 
