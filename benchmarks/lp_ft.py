@@ -37,7 +37,8 @@ BACKBONE = {"digits": "efficientnet_lite0", "fashion-mnist": "efficientnet_lite0
 # last layer's mean; images: the same as "after-start-trial", which now names the text runs on all four layers);
 # "after-unscaled" is LP-FT from the raw probe head, as measured first (lp_ft.json's "after-bn-train": --bn
 # auto gives train there).
-VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"], "after": ["--no-random-head-trial", "--no-own-pooling"],
+VARIANTS = {"before": ["--no-lp-ft", "--bn", "train", "--lr-sweep", "1"],
+            "after": ["--no-random-head-trial", "--no-own-pooling"],
             "after-start-trial": ["--no-own-pooling"], "after-own-pooling": [],
             "after-bn-train": ["--bn", "train"], "after-unscaled": ["--no-lp-head-scale"],
             "after-bn-frozen": ["--bn", "frozen"]}
