@@ -202,12 +202,13 @@ def _probe_on_columns(model: nn.Module, loaded: LoadedBackbone, split: LabelSpli
 
 
 def _fresh_head_on_columns(head: dict[str, torch.Tensor], columns: slice, seed: int) -> dict[str, torch.Tensor]:
-    """A random linear head that reads only ``columns``: PyTorch's default initialisation for that fan-in (uniform
-    within 1/sqrt(fan-in)), zero elsewhere, so it starts as a fresh head on the backbone's own pooling."""
+    """A random linear head that reads only ``columns``: ``nn.Linear``'s own initialisation for that fan-in (seeded,
+    without touching the global generator), zero elsewhere, so it starts as a fresh head on the backbone's own
+    pooling."""
     weight = torch.zeros_like(head["weight"])
     width = len(range(weight.shape[1])[columns])
-    bound = 1.0 / width ** 0.5
-    generator = torch.Generator().manual_seed(seed)
-    weight[:, columns] = (torch.rand(weight.shape[0], width, generator=generator) * 2 - 1) * bound
-    bias = (torch.rand(head["bias"].shape, generator=generator) * 2 - 1) * bound
-    return {"weight": weight, "bias": bias.to(head["bias"].dtype)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = torch.nn.Linear(width, weight.shape[0])
+    weight[:, columns] = fresh.weight.detach().to(weight.dtype)
+    return {"weight": weight, "bias": fresh.bias.detach().to(head["bias"].dtype)}
