@@ -3,6 +3,8 @@
     FEWLABEL_DATA=../shared/data python benchmarks/lp_ft.py --data digits --fractions 0.05,0.1,0.2,1.0 --seeds 3 \\
         --json benchmarks/results/lp_ft.json
 
+    python benchmarks/lp_ft.py --json benchmarks/results/lp_ft_v2.json --table   # the issue's table
+
 Every cell is a `fewlabel finetune` command run in this process (`fewlabel.cli.main`), read back from its
 `metrics.json`; finished cells are never rerun. "before" is the recipe as it was before issue 16, reproduced with
 flags of the current code (`--no-lp-ft --bn train --lr-sweep 1`: a random head, BatchNorm statistics updated
@@ -80,6 +82,53 @@ def summarise(store: CellStore) -> None:
               f"{' / '.join(f'{a:.1f}' for a in accs)} |")
 
 
+# The variant that is the current default ("after" in the issue's table): images take the same code path under
+# either name; text fine-tunes on its own pooling since session 16.
+DEFAULT_AFTER = {"rotten-tomatoes": "after-own-pooling"}
+TABLE_COLUMNS = [("feature-extract", "reference"), ("finetune", "before"), ("finetune", None),
+                 ("partial", "before"), ("partial", None)]
+
+
+def mean_ci(accs: list[float]) -> str:
+    if len(accs) < 2:
+        return f"{accs[0]:.1f} (n=1)" if accs else "not run"
+    ci = T95.get(len(accs), 2.0) * statistics.stdev(accs) / math.sqrt(len(accs))
+    return f"{statistics.mean(accs):.1f} ± {ci:.1f}" + ("" if len(accs) == 3 else f" (n={len(accs)})")
+
+
+def issue_table(store: CellStore) -> None:
+    """The issue's one table: feature-extract, and finetune / partial before and after (the current default), per
+    data set and fraction; the seeds, how many runs kept the probe, per-seed shortfalls against feature-extract,
+    and the cost of the probe stage and the losing sweep trials against the rest of the fine-tuning."""
+    groups: dict[tuple, dict[tuple, dict[int, dict]]] = {}
+    for c in store.data["cells"]:
+        after = DEFAULT_AFTER.get(c["data"], "after-start-trial")
+        variant = None if c["variant"] == after else c["variant"]
+        if (c["strategy"], variant) not in TABLE_COLUMNS:
+            continue
+        data = c["data"] + (f" @{c['image_size']} px" if c.get("image_size") else "")
+        groups.setdefault((data, float(c["labels"])), {}).setdefault((c["strategy"], variant), {})[c["seed"]] = c
+    print("| data | labels | feature-extract | finetune before | finetune after | partial before | partial after |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (data, labels), columns in sorted(groups.items()):
+        reference = {s: 100 * c["test_accuracy"] for s, c in columns.get(("feature-extract", "reference"), {}).items()}
+        cells = []
+        for column in TABLE_COLUMNS:
+            runs = dict(sorted(columns.get(column, {}).items()))
+            accs = [100 * c["test_accuracy"] for c in runs.values()]
+            text = mean_ci(accs) + (f" ({' / '.join(f'{a:.1f}' for a in accs)})" if accs else "")
+            if column[1] is None and runs:
+                probe = sum(c.get("kept") not in (None, "fine-tuned") for c in runs.values())
+                short = [f"s{s} {100 * c['test_accuracy'] - reference[s]:+.1f}" for s, c in runs.items()
+                         if s in reference and 100 * c["test_accuracy"] < reference[s] - 0.5]
+                extra = sum((c.get("lp_seconds") or 0) + (c.get("sweep_extra_seconds") or 0) for c in runs.values())
+                tuning = sum(c["train_seconds"] - (c.get("sweep_extra_seconds") or 0) for c in runs.values())
+                text += f"; probe kept {probe}/{len(runs)}; cost +{100 * extra / tuning:.0f}%"
+                text += f"; below FE by > 0.5: {', '.join(short)}" if short else ""
+            cells.append(text)
+        print(f"| {data} | {labels:g} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="digits")
@@ -101,10 +150,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None,
                         help="images: the input resolution (default: the backbone's, 224 px); part of the cells' key")
     parser.add_argument("--summary", action="store_true", help="print the table of the stored cells and exit")
+    parser.add_argument("--table", action="store_true",
+                        help="print the issue's before/after table (the current default as 'after') and exit")
     args = parser.parse_args()
     store = CellStore(args.json)
-    if args.summary:
-        summarise(store)
+    if args.summary or args.table:
+        (issue_table if args.table else summarise)(store)
         return
     if args.import_from:
         old = CellStore(args.import_from).data["cells"]

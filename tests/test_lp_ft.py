@@ -15,7 +15,13 @@ from fewlabel.cli import main
 from fewlabel.data import load_dataset
 from fewlabel.data.splits import LabelRequest, LabelSplit, make_split
 from fewlabel.engine.classification import ClassificationModule, OptimConfig
-from fewlabel.engine.fit import best_logit_scale, scale_head_for_training, sweep_rates, trial_epochs
+from fewlabel.engine.fit import (
+    best_logit_scale,
+    fallback_margin,
+    scale_head_for_training,
+    sweep_rates,
+    trial_epochs,
+)
 from fewlabel.evaluate.frozen import frozen_features, linear_probe_start
 from fewlabel.evaluate.probes import UNSEEN_CLASS_LOGIT, fit_linear_probe, probe_as_linear
 from fewlabel.modalities import modality_of
@@ -154,6 +160,19 @@ def test_sweep_rates_and_trial_length() -> None:
     assert trial_epochs(38, 1, 0.12) == 5
     assert trial_epochs(100, 4, 0.12) == 12  # whole validation intervals
     assert trial_epochs(3, 1, 0.12) == 1
+
+
+def test_fallback_margin_is_a_standard_error_and_at_least_three_examples() -> None:
+    # 50 validation images, probe at 80%: one standard error sqrt(0.8 * 0.2 / 50) = 0.05657 > 2.5 / 50.
+    assert fallback_margin(0.8, 50) == pytest.approx(0.0565685, abs=1e-6)
+    # 104 sentences, probe at 76/104: sqrt(0.73077 * 0.26923 / 104) = 0.04350 > 2.5 / 104 = 0.02404.
+    assert fallback_margin(76 / 104, 104) == pytest.approx(0.043495, abs=1e-5)
+    # 11 sentences, probe at 8/11: the standard error 0.13428 is under two examples; three are needed.
+    margin = fallback_margin(8 / 11, 11)
+    assert margin == pytest.approx(2.5 / 11)
+    assert 10 / 11 - 8 / 11 < margin < 11 / 11 - 8 / 11
+    # A perfect probe has no spread; the example floor still holds.
+    assert fallback_margin(1.0, 200) == pytest.approx(0.0125)
 
 
 def test_finetune_falls_back_to_the_probe_when_fine_tuning_is_worse(tiny_export: Path, tmp_path: Path,
