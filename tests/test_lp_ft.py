@@ -195,7 +195,12 @@ def test_finetune_falls_back_to_the_probe_when_fine_tuning_is_worse(tiny_export:
     model = Classifier(prepare_backbone(str(tiny_export), dataset, 8), dataset.num_classes, data_channels=1)
     model.load_state_dict(load_file(str(out / "model.safetensors")))
     model.eval()
-    test = LabelSplit.load(out / "split.npz", dataset).test
+    split = LabelSplit.load(out / "split.npz", dataset)
+    val_size = len(split.validation(LabelRequest.parse("0.2"), dataset.labels))
+    assert metrics["required_margin"] == pytest.approx(fallback_margin(metrics["start_val_accuracy"], val_size),
+                                                       abs=1e-4)
+    assert metrics["required_margin"] >= 2.5 / val_size - 1e-4
+    test = split.test
     with torch.no_grad():
         predictions = model(dataset.samples[torch.as_tensor(test)]).argmax(dim=1).numpy()
     assert float((predictions == dataset.labels[test]).mean()) == pytest.approx(metrics["test_accuracy"],
